@@ -1,0 +1,58 @@
+# atoll — see README.md. Everything runs as root on Debian 12.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/atoll
+# Userspace packages run under the race detector; packages that drive
+# BPF programs do too (their Go side is ordinary code).
+PKGS := ./...
+GENERATED := bpf/*_bpfel.go bpf/*_bpfel.o
+
+.PHONY: all deps generate check-generated build test test-quick bench run stop lint fmt clean
+
+all: build
+
+deps:
+	@./deploy/install-deps.sh
+
+# Rebuild the bpf2go outputs from bpf/*.c (needs clang).
+generate: deps
+	$(GO) generate ./bpf/
+
+# CI: the committed bpf2go outputs must match the C sources.
+check-generated: generate
+	@git diff --exit-code --stat -- $(GENERATED) || \
+		{ echo "bpf2go outputs are stale: run 'make generate' and commit them"; exit 1; }
+
+build:
+	$(GO) build -o $(BIN) ./cmd/atoll
+
+lint:
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
+
+# Every test, as CI runs it.
+test: deps check-generated build lint
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# Inner loop: no generate, no race detector, no lint.
+test-quick:
+	$(GO) test -count=1 -timeout 10m $(PKGS)
+
+# Benchmarks: BPF_PROG_RUN paths beside the baseline program, Maglev.
+bench: deps build
+	$(GO) run ./bench -out bench/results
+
+# The main job. Until the lab lands (issue 7) this starts the data plane
+# in a small namespace topology and shows real connections through it.
+run: deps build
+	./$(BIN) demo
+
+stop: build
+	./$(BIN) demo -stop
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf bin

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* encap.h: IP-in-IP toward a node, any pairing of VIP and node family
+ * (4in4, 6in6, 4in6, 6in4). The outer source is the LB's own address from
+ * lb_config, never a synthetic one; the MACs come from bpf_fib_lookup. */
+#ifndef ATOLL_ENCAP_H
+#define ATOLL_ENCAP_H
+
+#include "parse.h"
+#include "csum.h"
+#include "icmp.h"
+
+#define IPPROTO_IPIP_ 4
+#define IPPROTO_IPV6_ 41
+
+/* flow_label gives the outer IPv6 header a per-flow label, so ECMP between
+ * the LB and the node spreads flows: a fold of the client's address and
+ * ports (maps.FlowLabel mirrors it). */
+static __always_inline __u32 flow_label(const struct flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 l = w[0] ^ w[3] ^ w[8];
+
+	l ^= l >> 12;
+	return l & 0xfffff;
+}
+
+static __always_inline int write_l2(struct xdp_md *ctx, const struct packet *p, const struct nh_entry *nh,
+				    __be16 vlan_tpid, __be16 vlan_tci, __be16 ethertype)
+{
+	void *data = pkt_data(ctx), *end = pkt_end(ctx);
+	struct ethhdr *eth = data;
+
+	if ((void *)eth + 18 > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
+	__builtin_memcpy(eth->h_source, nh->smac, 6);
+	if (p->vlan) {
+		struct vlan_hdr_ *vh = (void *)(eth + 1);
+
+		eth->h_proto = vlan_tpid;
+		vh->tci = vlan_tci;
+		vh->proto = ethertype;
+	} else {
+		eth->h_proto = ethertype;
+	}
+	return 0;
+}
+
+static __always_inline int encap(struct xdp_md *ctx, const struct packet *p, const struct backend *be,
+				 const struct nh_entry *nh)
+{
+	__u32 zero = 0, outer, l2 = p->vlan ? 18 : 14;
+	struct lb_config *cfg;
+	__be16 tpid = 0, tci = 0;
+	void *data, *end;
+	int inner_v4 = p->key.family == FAMILY_V4;
+
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		goto no_source;
+	outer = be->family == FAMILY_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	if (p->l3_len + outer > nh->mtu)
+		return too_big(ctx, p, nh->mtu - outer);
+
+	if (p->vlan) {
+		struct ethhdr *eth = pkt_data(ctx);
+		struct vlan_hdr_ *vh = (void *)(eth + 1);
+
+		if ((void *)(vh + 1) > pkt_end(ctx))
+			goto headroom;
+		tpid = eth->h_proto;
+		tci = vh->tci;
+	}
+
+	if (be->family == FAMILY_V4) {
+		struct iphdr *oh;
+		__u32 src = *(__u32 *)cfg->src4;
+
+		if (!src)
+			goto no_source;
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(*oh)))
+			goto headroom;
+		if (write_l2(ctx, p, nh, tpid, tci, bpf_htons(ETH_P_IP)))
+			goto headroom;
+		data = pkt_data(ctx);
+		end = pkt_end(ctx);
+		oh = data + l2;
+		if ((void *)(oh + 1) > end)
+			goto headroom;
+		oh->version = 4;
+		oh->ihl = 5;
+		oh->tos = p->tos;
+		oh->tot_len = bpf_htons(p->l3_len + sizeof(*oh));
+		oh->id = 0;
+		/* RFC 2003: copy DF from an IPv4 inner packet; IPv6 is never
+		 * fragmented on the way. */
+		oh->frag_off = (!inner_v4 || p->df) ? bpf_htons(IP_DF_) : 0;
+		oh->ttl = OUTER_TTL;
+		oh->protocol = inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
+		oh->check = 0;
+		oh->saddr = src;
+		__builtin_memcpy(&oh->daddr, be->addr, 4);
+		oh->check = ipv4_csum(oh);
+	} else {
+		struct ipv6hdr *oh;
+		__u32 label = flow_label(&p->key);
+		const __u32 *s6 = (const __u32 *)cfg->src6;
+
+		if (!(s6[0] | s6[1] | s6[2] | s6[3]))
+			goto no_source;
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(*oh)))
+			goto headroom;
+		if (write_l2(ctx, p, nh, tpid, tci, bpf_htons(ETH_P_IPV6)))
+			goto headroom;
+		data = pkt_data(ctx);
+		end = pkt_end(ctx);
+		oh = data + l2;
+		if ((void *)(oh + 1) > end)
+			goto headroom;
+		oh->version = 6;
+		oh->priority = p->tos >> 4;
+		oh->flow_lbl[0] = ((p->tos & 0xf) << 4) | ((label >> 16) & 0xf);
+		oh->flow_lbl[1] = label >> 8;
+		oh->flow_lbl[2] = label;
+		oh->payload_len = bpf_htons(p->l3_len);
+		oh->nexthdr = inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
+		oh->hop_limit = OUTER_TTL;
+		__builtin_memcpy(&oh->saddr, cfg->src6, 16);
+		__builtin_memcpy(&oh->daddr, be->addr, 16);
+	}
+	return CONTINUE;
+no_source:
+	count(STAT_DROP_NO_SOURCE);
+	return XDP_DROP;
+headroom:
+	count(STAT_DROP_HEADROOM);
+	return XDP_DROP;
+}
+
+#endif

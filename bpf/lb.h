@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* lb.h: the balancer's steps after parsing: service, conntrack, Maglev,
+ * forward. balancer.c and bench.c both build on balance(). */
+#ifndef ATOLL_LB_H
+#define ATOLL_LB_H
+
+#include "parse.h"
+#include "hash.h"
+#include "nexthop.h"
+#include "encap.h"
+
+static __always_inline struct service *lookup_service(const struct packet *p)
+{
+	struct svc_key k = {};
+
+	__builtin_memcpy(k.addr, p->key.dst, sizeof(k.addr));
+	k.port = p->key.dport;
+	k.proto = p->key.proto;
+	k.family = p->key.family;
+	return bpf_map_lookup_elem(&services, &k);
+}
+
+/* usable says whether a conntrack entry may keep using a backend. */
+static __always_inline int usable(const struct backend *be)
+{
+	return be && (be->state == BE_UP || be->state == BE_DRAINING);
+}
+
+/* maglev_pick returns the backend the (service, island) ring gives this
+ * flow, or NULL when there is no ring or no live node in it. */
+static __always_inline struct backend *maglev_pick(const struct packet *p, const struct service *svc, __u32 island,
+						   __u32 *be_id)
+{
+	__u32 slot, k = RING_SIZE_SLOT, idx, *size, *id;
+	struct backend *be;
+	void *ring;
+
+	if (svc->id >= MAX_SERVICES || island >= MAX_ISLANDS)
+		return NULL;
+	slot = svc->id * MAX_ISLANDS + island;
+	ring = bpf_map_lookup_elem(&rings, &slot);
+	if (!ring)
+		return NULL;
+	size = bpf_map_lookup_elem(ring, &k);
+	if (!size || *size == 0)
+		return NULL;
+	idx = flow_hash(&p->key, hash_seed) % *size + 1;
+	id = bpf_map_lookup_elem(ring, &idx);
+	if (!id)
+		return NULL;
+	*be_id = *id;
+	be = bpf_map_lookup_elem(&backends, id);
+	if (!be || be->state != BE_UP)
+		return NULL;
+	return be;
+}
+
+/* login_miss places a front-door flow conntrack does not know. Until the
+ * affinity trie exists every such flow belongs to the local proxy: a SYN
+ * is remembered as LOCAL so the flow never changes sides. */
+static __always_inline int login_miss(const struct packet *p, __u32 sid, __u32 gen)
+{
+	if (p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_) {
+		struct ct_entry e = {
+			.service = sid,
+			.flags = CT_F_LOCAL,
+			.gen = gen,
+			.created_ns = bpf_ktime_get_coarse_ns(),
+		};
+
+		bpf_map_update_elem(&conntrack, &p->key, &e, BPF_ANY);
+	}
+	count(STAT_PASS_LOCAL);
+	return XDP_PASS;
+}
+
+static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, __u8 fwd, const struct backend *be,
+				   __u32 be_id)
+{
+	struct nh_entry *nh;
+	int rc;
+
+	nh = next_hop(ctx, be, be_id);
+	if (!nh)
+		return XDP_DROP;
+
+	if (fwd == FWD_IPIP) {
+		rc = encap(ctx, p, be, nh);
+		if (rc != CONTINUE)
+			return rc;
+	} else {
+		struct ethhdr *eth = pkt_data(ctx);
+
+		if (!nh->onlink) {
+			count(STAT_DROP_NOT_ONLINK);
+			return XDP_DROP;
+		}
+		if ((void *)(eth + 1) > pkt_end(ctx))
+			return XDP_DROP;
+		__builtin_memcpy(eth->h_dest, nh->dmac, 6);
+		__builtin_memcpy(eth->h_source, nh->smac, 6);
+	}
+	/* A tagged frame leaves tagged, on the port it came in on. */
+	if (p->vlan || nh->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(nh->ifindex, 0);
+}
+
+/* account counts a forwarding step's result and turns it into a verdict. */
+static __always_inline int account(const struct packet *p, int rc, __u32 outcome, __u32 sid, __u32 be_id)
+{
+	if (rc == REPLIED)
+		return XDP_TX;
+	if (rc == XDP_TX || rc == XDP_REDIRECT) {
+		int new_flow = outcome == STAT_FWD_NEW || outcome == STAT_FWD_RESCHEDULED;
+
+		count(outcome);
+		count_traffic(&service_stats, sid, p->pkt_len, new_flow);
+		count_traffic(&backend_stats, be_id, p->pkt_len, new_flow);
+	}
+	return rc;
+}
+
+/* established forwards a packet of a flow conntrack knows, without the
+ * services lookup, while its service is unchanged (same generation) and
+ * its node usable. Otherwise the packet takes the full path (CONTINUE). */
+static __always_inline int established(struct xdp_md *ctx, const struct packet *p, const struct ct_entry *ct)
+{
+	__u32 sid = ct->service, be_id = ct->backend;
+	struct svc_state *st;
+	struct backend *be;
+
+	if (ct->flags & CT_F_LOCAL) {
+		count(STAT_PASS_LOCAL);
+		return XDP_PASS;
+	}
+	st = bpf_map_lookup_elem(&service_state, &sid);
+	if (!st || st->gen != ct->gen)
+		return CONTINUE;
+	be = bpf_map_lookup_elem(&backends, &be_id);
+	if (!usable(be))
+		return CONTINUE;
+	return account(p, forward(ctx, p, st->fwd, be, be_id),
+		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
+}
+
+/* place steers a packet conntrack cannot: no entry, an entry from another
+ * generation of its service, or one whose node is DOWN or gone. */
+static __always_inline int place(struct xdp_md *ctx, const struct packet *p, struct ct_entry *ct)
+{
+	__u32 sid, gen, be_id = 0, outcome;
+	struct svc_state *st;
+	struct service *svc;
+	struct backend *be;
+
+	svc = lookup_service(p);
+	if (!svc) {
+		count(STAT_PASS_NON_VIP);
+		return XDP_PASS;
+	}
+	sid = svc->id;
+	st = bpf_map_lookup_elem(&service_state, &sid);
+	if (!st) {
+		count(STAT_DROP_NO_BACKEND);
+		return XDP_DROP;
+	}
+	gen = st->gen;
+
+	/* An entry written before the service changed keeps its node if that
+	 * node is still usable and serves the service's island. */
+	if (ct) {
+		be_id = ct->backend;
+		be = bpf_map_lookup_elem(&backends, &be_id);
+		if (usable(be) && (svc->route == ROUTE_LOGIN || be->island == svc->island)) {
+			ct->service = sid;
+			ct->gen = gen;
+			return account(p, forward(ctx, p, svc->fwd, be, be_id),
+				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid,
+				       be_id);
+		}
+	}
+
+	if (svc->route == ROUTE_LOGIN)
+		return login_miss(p, sid, gen);
+	be = maglev_pick(p, svc, svc->island, &be_id);
+	if (!be) {
+		count(STAT_DROP_NO_BACKEND);
+		return XDP_DROP;
+	}
+	outcome = ct ? STAT_FWD_RESCHEDULED : STAT_FWD_NEW;
+	if (p->kind == PKT_ICMP_PTB) {
+		/* ICMP errors follow flows; they never create one. */
+		outcome = STAT_ICMP_PTB_FORWARDED;
+	} else if (ct) {
+		ct->backend = be_id;
+		ct->service = sid;
+		ct->gen = gen;
+		ct->flags = 0;
+	} else {
+		struct ct_entry e = {
+			.backend = be_id,
+			.service = sid,
+			.gen = gen,
+			.created_ns = bpf_ktime_get_coarse_ns(),
+		};
+
+		bpf_map_update_elem(&conntrack, &p->key, &e, BPF_ANY);
+	}
+	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
+}
+
+/* process: conntrack first, so an established flow costs one hash lookup;
+ * everything else (new flows, non-VIP traffic) then looks up services. */
+static __always_inline int process(struct xdp_md *ctx, struct packet *p)
+{
+	struct ct_entry *ct;
+	int rc;
+
+	ct = bpf_map_lookup_elem(&conntrack, &p->key);
+	if (ct) {
+		rc = established(ctx, p, ct);
+		if (rc != CONTINUE)
+			return rc;
+	}
+	return place(ctx, p, ct);
+}
+
+static __always_inline int balance(struct xdp_md *ctx)
+{
+	struct packet p = {};
+	int rc;
+
+	rc = parse(ctx, &p);
+	if (rc != CONTINUE)
+		return rc;
+	return process(ctx, &p);
+}
+
+#endif

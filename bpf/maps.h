@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: one map per concern. Sizes marked "loader" are overridden by
+ * the Go loader from the config. */
+#ifndef ATOLL_MAPS_H
+#define ATOLL_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES * 2);
+	__type(key, struct svc_key);
+	__type(value, struct service);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_state);
+} service_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VIP_ADDRS);
+	__type(key, struct addr_key);
+	__type(value, __u32); /* services on this address */
+} vip_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* A Maglev ring: slot RING_SIZE_SLOT holds its size, then the backend ids.
+ * BPF_F_INNER_MAP lets rings of different sizes share the outer map. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RING_SIZE_DEFAULT + 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* Rings are swapped whole: the writer fills a new inner map, then stores
+ * it here with one update, so a packet sees the old ring or the new one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_RINGS);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_SIZE_DEFAULT); /* loader */
+	__type(key, struct flow_key);
+	__type(value, struct ct_entry);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct nh_entry);
+} nh_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, enum stat);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct counters);
+} service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct counters);
+} backend_stats SEC(".maps");
+
+/* Seed of the flow hash. Two LB hosts must share it to pick the same node
+ * for the same flow; a per-deployment secret keeps clients from aiming
+ * their flows at one node. Set by the loader. */
+volatile const __u32 hash_seed = 0x61746f6c; /* "atol" */
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &reason);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes, int new_flow)
+{
+	struct counters *c = bpf_map_lookup_elem(map, &idx);
+
+	if (!c)
+		return;
+	c->packets += 1;
+	c->bytes += bytes;
+	if (new_flow)
+		c->new_flows += 1;
+}
+
+#endif

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* types.h: the structs stored in BPF maps. bpf2go generates their Go
+ * mirrors (-type); addresses are 16 bytes in network order, IPv4 in the
+ * first four, so one struct serves both families. */
+#ifndef ATOLL_TYPES_H
+#define ATOLL_TYPES_H
+
+#include <linux/types.h>
+
+/* services key: a VIP, its port and protocol. */
+struct svc_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* services value. The ring of (id, island) is rings[id * MAX_ISLANDS + island]. */
+struct service {
+	__u32 id;
+	__u32 island;
+	__u8 fwd;   /* FWD_* */
+	__u8 route; /* ROUTE_* */
+	__u16 flags;
+};
+
+/* service_state value, indexed by service id: what an established flow
+ * needs of its service without the services hash lookup. The writer bumps
+ * gen whenever the service changes or goes; a conntrack entry made under
+ * another generation takes the full path again. gen 0: no service. */
+struct svc_state {
+	__u32 gen;
+	__u8 fwd;
+	__u8 route;
+	__u16 flags;
+};
+
+/* An address without port: the vip_addrs key (so that fragments and
+ * malformed packets aimed at a VIP can be told from other traffic) and
+ * the decap_sources key. */
+struct addr_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* backends value, indexed by backend id. */
+struct backend {
+	__u8 addr[16];
+	__u8 family;
+	__u8 state; /* BE_* */
+	__u16 flags;
+	__u32 island;
+};
+
+/* conntrack key: the client's 5-tuple as it reaches the VIP. Its ten
+ * 32-bit words are also the input of the Maglev flow hash. */
+struct flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* conntrack value. */
+struct ct_entry {
+	__u32 backend;
+	__u16 service; /* service id */
+	__u16 flags;   /* CT_F_* */
+	__u32 gen;     /* the service's generation when the entry was written */
+	__u32 pad;
+	__u64 created_ns;
+};
+
+/* nh_cache value (per CPU, indexed by backend id): what bpf_fib_lookup
+ * said about the way to a node, and for which address. */
+struct nh_entry {
+	__u64 expires_ns;
+	__u8 addr[16];
+	__u8 family;
+	__u8 onlink; /* the node itself is the next hop */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u16 mtu;
+	__u32 ifindex;
+};
+
+/* config value (one entry): the LB's own addresses, the outer source
+ * of ipip packets. A zero address disables ipip toward that family. */
+struct lb_config {
+	__u8 src4[4];
+	__u8 src6[16];
+	__u32 flags;
+};
+
+/* Per-CPU traffic counters of a service or a backend. */
+struct counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+#endif

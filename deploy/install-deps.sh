@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# install-deps.sh: everything atoll needs to build, test and run its lab on
+# a fresh Debian 12 machine, as root. Idempotent and quiet when nothing is
+# missing; `make run` and `make test` call it.
+set -euo pipefail
+
+packages=(
+	clang llvm libbpf-dev bpftool   # make generate (bpf2go)
+	iproute2 ethtool tcpdump        # namespaces, offloads, captures
+	iputils-ping curl python3 openssl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	echo "install-deps: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs, for pinned maps and links.
+if ! mountpoint -q /sys/fs/bpf; then
+	mount -t bpf bpf /sys/fs/bpf
+fi
+
+# Go modules (the module proxy is the only Go registry here).
+cd "$(dirname "$0")/.."
+go mod download

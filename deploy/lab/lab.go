@@ -1,0 +1,345 @@
+// Package lab builds atoll's test and demo topologies in network
+// namespaces: a client, a load-balancer host running the balancer natively
+// on its veth, and mail-store nodes holding the VIPs on lo (and running
+// decap.c), all on one bridge, addressed from the documentation ranges.
+// Replies go from the nodes straight to the client (direct server return).
+//
+// This is the first piece of the reference lab (deploy/lab/README.md);
+// the full one adds a second LB host, two islands, slapd and an MTA.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/atoll-lb/atoll/maps"
+	"github.com/atoll-lb/atoll/userspace/dataplane"
+	"github.com/atoll-lb/atoll/userspace/netns"
+)
+
+// Addresses of the topology. Clients live in 192.0.2.0/24, LB hosts and
+// nodes in 198.51.100.0/24, VIPs in 203.0.113.0/24; IPv6 in 2001:db8::/32.
+var (
+	ClientV4 = netip.MustParsePrefix("192.0.2.10/24")
+	ClientV6 = netip.MustParsePrefix("2001:db8:c::10/64")
+	LBV4     = netip.MustParsePrefix("198.51.100.1/24")
+	LBV6     = netip.MustParsePrefix("2001:db8:1::1/64")
+	VIP4     = netip.MustParseAddr("203.0.113.10")
+	VIP6     = netip.MustParseAddr("2001:db8:f::10")
+
+	clientNet4 = netip.MustParsePrefix("192.0.2.0/24")
+	clientNet6 = netip.MustParsePrefix("2001:db8:c::/64")
+	serverNet4 = netip.MustParsePrefix("198.51.100.0/24")
+	serverNet6 = netip.MustParsePrefix("2001:db8:1::/64")
+	vipNet4    = netip.MustParsePrefix("203.0.113.0/24")
+	vipNet6    = netip.MustParsePrefix("2001:db8:f::/64")
+)
+
+// Config shapes a topology.
+type Config struct {
+	// Prefix starts every namespace name ("atl" if empty).
+	Prefix string
+	// Nodes is the number of nodes (default 2), node-a1, node-a2, ...
+	Nodes int
+	// LBMTU is the MTU of the LB host's link; the default 1600 leaves room
+	// for the tunnel header. The client's link is always 1500.
+	LBMTU int
+	// ConntrackSize of the balancer (0: the object's default).
+	ConntrackSize uint32
+}
+
+// Node is one mail-store node.
+type Node struct {
+	Name   string
+	ID     uint32 // backend id
+	NS     *netns.NS
+	V4, V6 netip.Addr
+	MAC    net.HardwareAddr
+	Decap  *dataplane.Decap
+}
+
+// Lab is a running topology. Close removes all of it.
+type Lab struct {
+	Segment   *netns.Segment
+	Client    *netns.NS
+	LB        *netns.NS
+	LBMAC     net.HardwareAddr
+	LBIfindex int
+	Balancer  *dataplane.Balancer
+	Nodes     []*Node
+
+	closers []func() error
+}
+
+// Namespaces lists the names of every namespace the lab created.
+func (l *Lab) Namespaces() []string {
+	names := []string{}
+	if l.Segment != nil {
+		names = append(names, l.Segment.NS.Name)
+	}
+	for _, ns := range []*netns.NS{l.Client, l.LB} {
+		if ns != nil {
+			names = append(names, ns.Name)
+		}
+	}
+	for _, n := range l.Nodes {
+		names = append(names, n.NS.Name)
+	}
+	return names
+}
+
+// Close tears everything down, last created first.
+func (l *Lab) Close() error {
+	var errs []error
+	for i := len(l.closers) - 1; i >= 0; i-- {
+		errs = append(errs, l.closers[i]())
+	}
+	l.closers = nil
+	return errors.Join(errs...)
+}
+
+func (l *Lab) onClose(f func() error) { l.closers = append(l.closers, f) }
+
+func (l *Lab) host(name string) (*netns.NS, error) {
+	ns, err := netns.New(name)
+	if err != nil {
+		return nil, err
+	}
+	l.onClose(ns.Close)
+	return ns, nil
+}
+
+func (l *Lab) attachXDP(ns *netns.NS, ifname string, attach func(int) (link.Link, error)) error {
+	idx, err := ns.LinkIndex(ifname)
+	if err != nil {
+		return err
+	}
+	return ns.Do(func() error {
+		lk, err := attach(idx)
+		if err != nil {
+			return err
+		}
+		l.onClose(lk.Close)
+		return nil
+	})
+}
+
+// New builds a topology; on error nothing is left behind.
+func New(cfg Config) (_ *Lab, err error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "atl"
+	}
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 2
+	}
+	if cfg.Nodes > 200 {
+		return nil, fmt.Errorf("lab: %d nodes is more than the addressing allows", cfg.Nodes)
+	}
+	if cfg.LBMTU == 0 {
+		cfg.LBMTU = 1600
+	}
+	l := &Lab{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(fmt.Errorf("lab: %w", err), l.Close())
+		}
+	}()
+	if l.Segment, err = netns.NewSegment(cfg.Prefix+"-seg", 1600); err != nil {
+		return nil, err
+	}
+	l.onClose(l.Segment.Close)
+	if err := l.newClient(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	if err := l.newLB(cfg); err != nil {
+		return nil, err
+	}
+	for i := range cfg.Nodes {
+		if err := l.newNode(cfg.Prefix, i); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// newClient: routes to the server segment on-link, to the VIPs via the LB.
+func (l *Lab) newClient(prefix string) (err error) {
+	if l.Client, err = l.host(prefix + "-client"); err != nil {
+		return err
+	}
+	c := l.Client
+	if _, err := l.Segment.Attach(c, "eth0", 1500, ClientV4, ClientV6); err != nil {
+		return err
+	}
+	// Offloads off: checksums must be complete before XDP_TX touches them.
+	if err := c.DisableOffloads("eth0"); err != nil {
+		return err
+	}
+	for _, r := range []struct {
+		dst netip.Prefix
+		gw  netip.Addr
+	}{
+		{serverNet4, netip.Addr{}}, {serverNet6, netip.Addr{}},
+		{vipNet4, LBV4.Addr()}, {vipNet6, LBV6.Addr()},
+	} {
+		if err := c.AddRoute(r.dst, "eth0", r.gw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// newLB: forwarding on (bpf_fib_lookup needs it), the balancer on eth0 and
+// an XDP_PASS program on the veth peer, without which XDP_TX on a veth
+// drops frames.
+func (l *Lab) newLB(cfg Config) (err error) {
+	if l.LB, err = l.host(cfg.Prefix + "-lb"); err != nil {
+		return err
+	}
+	lb := l.LB
+	peer, err := l.Segment.Attach(lb, "eth0", cfg.LBMTU, LBV4, LBV6)
+	if err != nil {
+		return err
+	}
+	if err := lb.DisableOffloads("eth0"); err != nil {
+		return err
+	}
+	for _, kv := range [][2]string{{"net.ipv4.conf.all.forwarding", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+		if err := lb.Sysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	for _, dst := range []netip.Prefix{clientNet4, clientNet6} {
+		if err := lb.AddRoute(dst, "eth0", netip.Addr{}); err != nil {
+			return err
+		}
+	}
+	if l.LBMAC, err = lb.LinkMAC("eth0"); err != nil {
+		return err
+	}
+	if l.LBIfindex, err = lb.LinkIndex("eth0"); err != nil {
+		return err
+	}
+	pass, err := dataplane.NewPassProgram()
+	if err != nil {
+		return err
+	}
+	l.onClose(pass.Close)
+	if err := l.attachXDP(l.Segment.NS, peer, func(i int) (link.Link, error) { return dataplane.AttachXDP(pass, i) }); err != nil {
+		return err
+	}
+	if l.Balancer, err = dataplane.LoadBalancer(dataplane.Options{ConntrackSize: cfg.ConntrackSize}); err != nil {
+		return err
+	}
+	l.onClose(l.Balancer.Close)
+	if err := l.Balancer.Maps.SetSources(LBV4.Addr(), LBV6.Addr()); err != nil {
+		return err
+	}
+	return l.attachXDP(lb, "eth0", func(i int) (link.Link, error) { return dataplane.AttachXDP(l.Balancer.Program, i) })
+}
+
+// newNode: VIPs on lo, no ARP answers for them, routes to the clients
+// on-link (replies bypass the LB), decap.c accepting the LB's tunnels.
+func (l *Lab) newNode(prefix string, i int) error {
+	n := &Node{
+		Name: fmt.Sprintf("node-a%d", i+1),
+		ID:   uint32(i + 1),
+		V4:   netip.AddrFrom4([4]byte{198, 51, 100, byte(11 + i)}),
+		V6:   netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(0x11 + i)}),
+	}
+	var err error
+	if n.NS, err = l.host(fmt.Sprintf("%s-a%d", prefix, i+1)); err != nil {
+		return err
+	}
+	if _, err := l.Segment.Attach(n.NS, "eth0", 1600, netip.PrefixFrom(n.V4, 24), netip.PrefixFrom(n.V6, 64)); err != nil {
+		return err
+	}
+	if err := n.NS.DisableOffloads("eth0"); err != nil {
+		return err
+	}
+	for _, p := range []netip.Prefix{netip.PrefixFrom(VIP4, 32), netip.PrefixFrom(VIP6, 128)} {
+		if err := n.NS.AddAddr("lo", p); err != nil {
+			return err
+		}
+	}
+	for _, kv := range [][2]string{{"net.ipv4.conf.all.arp_ignore", "1"}, {"net.ipv4.conf.all.arp_announce", "2"}} {
+		if err := n.NS.Sysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	for _, dst := range []netip.Prefix{clientNet4, clientNet6} {
+		if err := n.NS.AddRoute(dst, "eth0", netip.Addr{}); err != nil {
+			return err
+		}
+	}
+	if n.MAC, err = n.NS.LinkMAC("eth0"); err != nil {
+		return err
+	}
+	if n.Decap, err = dataplane.LoadDecap([]netip.Addr{LBV4.Addr(), LBV6.Addr()}); err != nil {
+		return err
+	}
+	l.onClose(n.Decap.Close)
+	if err := l.attachXDP(n.NS, "eth0", func(i int) (link.Link, error) { return dataplane.AttachXDP(n.Decap.Program, i) }); err != nil {
+		return err
+	}
+	l.Nodes = append(l.Nodes, n)
+	return nil
+}
+
+// WarmNeighbours makes the LB resolve every node's MAC (both families) by
+// connecting to port on each node's own address, as health checks do in
+// production: bpf_fib_lookup needs a resolved neighbour.
+func (l *Lab) WarmNeighbours(ctx context.Context, port uint16) error {
+	for _, n := range l.Nodes {
+		for _, a := range []netip.Addr{n.V4, n.V6} {
+			if err := l.LB.WaitTCP(ctx, netip.AddrPortFrom(a, port).String()); err != nil {
+				return fmt.Errorf("lab: LB cannot reach %s at %v: %w", n.Name, a, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Configure installs one island-routed service over every node (by their
+// addresses of the given family) and returns its Maglev table.
+func (l *Lab) Configure(svc maps.Service, nodesV6 bool) ([]uint32, error) {
+	m := l.Balancer.Maps
+	if err := m.PutService(svc); err != nil {
+		return nil, err
+	}
+	var ring []maps.MaglevNode
+	for _, n := range l.Nodes {
+		a := n.V4
+		if nodesV6 {
+			a = n.V6
+		}
+		if err := m.PutBackend(maps.Backend{ID: n.ID, Addr: a, State: maps.StateUp, Island: svc.Island}); err != nil {
+			return nil, err
+		}
+		ring = append(ring, maps.MaglevNode{Name: n.Name, ID: n.ID, Weight: 1})
+	}
+	table, err := maps.BuildMaglev(ring, maps.DefaultRingSize)
+	if err != nil {
+		return nil, err
+	}
+	return table, m.SetRing(svc.ID, svc.Island, table)
+}
+
+// NodeByID returns the node with a backend id, or nil.
+func (l *Lab) NodeByID(id uint32) *Node {
+	for _, n := range l.Nodes {
+		if n.ID == id {
+			return n
+		}
+	}
+	return nil
+}
+
+// DefaultTimeout bounds the lab's readiness waits.
+const DefaultTimeout = 10 * time.Second

@@ -1,0 +1,61 @@
+package maps
+
+import (
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/atoll-lb/atoll/bpf"
+)
+
+// TestConstsMatchObject checks the Go mirrors of bpf/consts.h against the
+// compiled object: map sizes, the stat enums and the struct layouts.
+func TestConstsMatchObject(t *testing.T) {
+	spec, err := bpf.LoadBalancer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]uint32{
+		MapServices:     MaxServices * 2,
+		MapServiceState: MaxServices,
+		MapVIPAddrs:     MaxVIPAddrs,
+		MapBackends:     MaxBackends,
+		MapRings:        MaxRings,
+		MapConntrack:    DefaultConntrackSize,
+		MapNextHops:     MaxBackends,
+		MapStats:        uint32(NumStats),
+		MapServiceStats: MaxServices,
+		MapBackendStats: MaxBackends,
+	} {
+		m, ok := spec.Maps[name]
+		if !ok {
+			t.Errorf("object has no map %q", name)
+			continue
+		}
+		if m.MaxEntries != want {
+			t.Errorf("map %s: %d entries in the object, Go expects %d", name, m.MaxEntries, want)
+		}
+	}
+	if got := spec.Maps[MapRings].InnerMap.MaxEntries; got != DefaultRingSize+1 {
+		t.Errorf("ring template: %d entries, want DefaultRingSize+1 = %d", got, DefaultRingSize+1)
+	}
+
+	var stat *btf.Enum
+	if err := spec.Types.TypeByName("stat", &stat); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, v := range stat.Values {
+		if v.Name == "STAT_MAX" {
+			if int(v.Value) != NumStats {
+				t.Errorf("STAT_MAX = %d, NumStats = %d", v.Value, NumStats)
+			}
+			continue
+		}
+		name := StatName(Stat(v.Value))
+		if name == "unknown" || name == "" || seen[name] {
+			t.Errorf("%s (%d) has no unique Go name (%q)", v.Name, v.Value, name)
+		}
+		seen[name] = true
+	}
+}

@@ -1,0 +1,557 @@
+// Package maps is the Go side of atoll's BPF maps: key and value types
+// mirroring bpf/types.h, a typed API to put services, backends and Maglev
+// rings and to read the counters, the Maglev table builder, and the flow
+// hash mirrored from the data plane so Go can predict every choice.
+//
+// One Maps value owns the maps of one loaded balancer (or benchmark)
+// collection. It is the only writer; it serialises its own calls.
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/atoll-lb/atoll/bpf"
+)
+
+// Names of the maps a balancer collection must have.
+const (
+	MapServices     = "services"
+	MapServiceState = "service_state"
+	MapVIPAddrs     = "vip_addrs"
+	MapBackends     = "backends"
+	MapRings        = "rings"
+	MapConntrack    = "conntrack"
+	MapNextHops     = "nh_cache"
+	MapConfig       = "config"
+	MapStats        = "stats"
+	MapServiceStats = "service_stats"
+	MapBackendStats = "backend_stats"
+)
+
+// Service is one VIP:port served by the balancer (TCP).
+type Service struct {
+	VIP     netip.Addr
+	Port    uint16
+	ID      uint32 // 0..MaxServices-1, indexes rings and counters
+	Island  uint32 // the island of a RouteIsland service
+	Forward ForwardMode
+	Route   RouteMode
+}
+
+// Backend is one node as the data plane sees it.
+type Backend struct {
+	ID     uint32 // 0..MaxBackends-1
+	Addr   netip.Addr
+	State  BackendState
+	Island uint32
+}
+
+// Counters are the traffic counters of a service or a backend, summed
+// over CPUs.
+type Counters struct {
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+}
+
+// Flow is one conntrack entry.
+type Flow struct {
+	Client  netip.AddrPort
+	VIP     netip.AddrPort
+	Backend uint32
+	Service uint32
+	Local   bool          // owned by the local stack (proxy)
+	Created time.Duration // CLOCK_MONOTONIC (coarse) at creation
+}
+
+// Maps is a typed handle on a balancer collection's maps.
+type Maps struct {
+	Services     *ebpf.Map
+	ServiceState *ebpf.Map
+	VIPAddrs     *ebpf.Map
+	Backends     *ebpf.Map
+	Rings        *ebpf.Map
+	Conntrack    *ebpf.Map
+	NextHops     *ebpf.Map
+	Config       *ebpf.Map
+	Stats        *ebpf.Map
+	ServiceStats *ebpf.Map
+	BackendStats *ebpf.Map
+
+	mu sync.Mutex
+}
+
+// New takes the maps of a loaded balancer or benchmark collection.
+func New(coll *ebpf.Collection) (*Maps, error) {
+	m := &Maps{}
+	for name, dst := range map[string]**ebpf.Map{
+		MapServices:     &m.Services,
+		MapServiceState: &m.ServiceState,
+		MapVIPAddrs:     &m.VIPAddrs,
+		MapBackends:     &m.Backends,
+		MapRings:        &m.Rings,
+		MapConntrack:    &m.Conntrack,
+		MapNextHops:     &m.NextHops,
+		MapConfig:       &m.Config,
+		MapStats:        &m.Stats,
+		MapServiceStats: &m.ServiceStats,
+		MapBackendStats: &m.BackendStats,
+	} {
+		mp, ok := coll.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("maps: collection has no map %q", name)
+		}
+		*dst = mp
+	}
+	return m, nil
+}
+
+func svcKey(vip netip.Addr, port uint16) bpf.BalancerSvcKey {
+	var k bpf.BalancerSvcKey
+	putAddr(&k.Addr, vip)
+	k.Port = htons(port)
+	k.Proto = ipprotoTCP
+	k.Family = family(vip)
+	return k
+}
+
+func vipKey(vip netip.Addr) bpf.BalancerAddrKey {
+	var k bpf.BalancerAddrKey
+	putAddr(&k.Addr, vip)
+	k.Family = family(vip)
+	return k
+}
+
+func checkAddr(what string, a netip.Addr) error {
+	if !a.IsValid() || a.IsUnspecified() {
+		return fmt.Errorf("maps: %s address %v is not usable", what, a)
+	}
+	if a.Is4In6() {
+		return fmt.Errorf("maps: %s address %v is IPv4-mapped; use the IPv4 form", what, a)
+	}
+	return nil
+}
+
+// PutService adds or replaces a service.
+func (m *Maps) PutService(s Service) error {
+	if err := checkAddr("VIP", s.VIP); err != nil {
+		return err
+	}
+	if s.ID >= MaxServices {
+		return fmt.Errorf("maps: service id %d out of range (max %d)", s.ID, MaxServices-1)
+	}
+	if s.Island >= MaxIslands {
+		return fmt.Errorf("maps: island id %d out of range (max %d)", s.Island, MaxIslands-1)
+	}
+	if s.Forward != ForwardL2DSR && s.Forward != ForwardIPIP {
+		return fmt.Errorf("maps: service %v:%d: unknown forwarding mode %d", s.VIP, s.Port, s.Forward)
+	}
+	if s.Route != RouteIsland && s.Route != RouteLogin {
+		return fmt.Errorf("maps: service %v:%d: unknown routing mode %d", s.VIP, s.Port, s.Route)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	key := svcKey(s.VIP, s.Port)
+	val := bpf.BalancerService{Id: s.ID, Island: s.Island, Fwd: uint8(s.Forward), Route: uint8(s.Route)}
+	var old bpf.BalancerService
+	existed := m.Services.Lookup(&key, &old) == nil
+	if existed && old == val {
+		return nil
+	}
+	if existed && old.Id != s.ID {
+		// The VIP:port moves to another id: the old id's flows must not
+		// match any more.
+		if err := m.bumpState(old.Id, nil); err != nil {
+			return err
+		}
+	}
+	if !existed {
+		if err := m.adjustVIP(s.VIP, +1); err != nil {
+			return err
+		}
+	}
+	// New generation first: flows of the old one take the full path,
+	// which then finds the new value.
+	if err := m.bumpState(s.ID, &val); err != nil {
+		return err
+	}
+	if err := m.Services.Put(&key, &val); err != nil {
+		if !existed {
+			_ = m.adjustVIP(s.VIP, -1)
+		}
+		return fmt.Errorf("maps: put service %v:%d: %w", s.VIP, s.Port, err)
+	}
+	return nil
+}
+
+// bumpState gives service id a new generation, with the forwarding and
+// routing modes of val, or as "no service" when val is nil.
+func (m *Maps) bumpState(id uint32, val *bpf.BalancerService) error {
+	var st bpf.BalancerSvcState
+	if err := m.ServiceState.Lookup(id, &st); err != nil {
+		return fmt.Errorf("maps: service %d state: %w", id, err)
+	}
+	next := bpf.BalancerSvcState{Gen: st.Gen + 1}
+	if next.Gen == 0 {
+		next.Gen = 1
+	}
+	if val != nil {
+		next.Fwd, next.Route = val.Fwd, val.Route
+	}
+	if err := m.ServiceState.Put(id, &next); err != nil {
+		return fmt.Errorf("maps: service %d state: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteService removes a service; removing a missing one is not an error.
+func (m *Maps) DeleteService(vip netip.Addr, port uint16) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := svcKey(vip, port)
+	var old bpf.BalancerService
+	if err := m.Services.Lookup(&key, &old); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("maps: delete service %v:%d: %w", vip, port, err)
+	}
+	if err := m.Services.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("maps: delete service %v:%d: %w", vip, port, err)
+	}
+	if err := m.bumpState(old.Id, nil); err != nil {
+		return err
+	}
+	return m.adjustVIP(vip, -1)
+}
+
+// adjustVIP keeps vip_addrs counting the services on each VIP address.
+func (m *Maps) adjustVIP(vip netip.Addr, delta int) error {
+	key := vipKey(vip)
+	var n uint32
+	if err := m.VIPAddrs.Lookup(&key, &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("maps: vip address %v: %w", vip, err)
+	}
+	n = uint32(int(n) + delta)
+	if int(n) <= 0 {
+		if err := m.VIPAddrs.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("maps: delete vip address %v: %w", vip, err)
+		}
+		return nil
+	}
+	if err := m.VIPAddrs.Put(&key, &n); err != nil {
+		return fmt.Errorf("maps: put vip address %v: %w", vip, err)
+	}
+	return nil
+}
+
+// ListServices lists the services in the map.
+func (m *Maps) ListServices() ([]Service, error) {
+	var (
+		out []Service
+		k   bpf.BalancerSvcKey
+		v   bpf.BalancerService
+	)
+	it := m.Services.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, Service{
+			VIP: getAddr(k.Addr, k.Family), Port: ntohs(k.Port), ID: v.Id, Island: v.Island,
+			Forward: ForwardMode(v.Fwd), Route: RouteMode(v.Route),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("maps: list services: %w", err)
+	}
+	return out, nil
+}
+
+// PutBackend writes a backend slot.
+func (m *Maps) PutBackend(b Backend) error {
+	if err := checkAddr("backend", b.Addr); err != nil {
+		return err
+	}
+	if b.ID >= MaxBackends {
+		return fmt.Errorf("maps: backend id %d out of range (max %d)", b.ID, MaxBackends-1)
+	}
+	if b.State > StateDown {
+		return fmt.Errorf("maps: backend %d: unknown state %d", b.ID, b.State)
+	}
+	var v bpf.BalancerBackend
+	putAddr(&v.Addr, b.Addr)
+	v.Family = family(b.Addr)
+	v.State = uint8(b.State)
+	v.Island = b.Island
+	if err := m.Backends.Put(b.ID, &v); err != nil {
+		return fmt.Errorf("maps: put backend %d (%v): %w", b.ID, b.Addr, err)
+	}
+	return nil
+}
+
+// Backend reads a backend slot.
+func (m *Maps) Backend(id uint32) (Backend, error) {
+	var v bpf.BalancerBackend
+	if err := m.Backends.Lookup(id, &v); err != nil {
+		return Backend{}, fmt.Errorf("maps: backend %d: %w", id, err)
+	}
+	b := Backend{ID: id, State: BackendState(v.State), Island: v.Island}
+	if v.State != uint8(StateUnused) {
+		b.Addr = getAddr(v.Addr, v.Family)
+	}
+	return b, nil
+}
+
+// SetBackendState changes the state of an existing backend.
+func (m *Maps) SetBackendState(id uint32, s BackendState) error {
+	b, err := m.Backend(id)
+	if err != nil {
+		return err
+	}
+	if b.State == StateUnused {
+		return fmt.Errorf("maps: backend %d is not in use", id)
+	}
+	b.State = s
+	return m.PutBackend(b)
+}
+
+// DeleteBackend frees a backend slot. Flows still pinned to it are
+// re-placed on their next packet.
+func (m *Maps) DeleteBackend(id uint32) error {
+	var v bpf.BalancerBackend
+	if err := m.Backends.Put(id, &v); err != nil {
+		return fmt.Errorf("maps: delete backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// RingSlot is the index of (service, island) in the outer rings map.
+func RingSlot(serviceID, island uint32) uint32 {
+	return serviceID*MaxIslands + island
+}
+
+// SetRing installs a Maglev table for (service, island). The table goes
+// into a fresh inner map that is switched in with one update of the outer
+// map, so the data plane sees the old ring or the new one, never a mix.
+// An empty table removes the ring: new flows of that pair are dropped.
+func (m *Maps) SetRing(serviceID, island uint32, table []uint32) error {
+	if serviceID >= MaxServices || island >= MaxIslands {
+		return fmt.Errorf("maps: ring (%d, %d) out of range", serviceID, island)
+	}
+	slot := RingSlot(serviceID, island)
+	if len(table) == 0 {
+		return m.ClearRing(serviceID, island)
+	}
+	for i, id := range table {
+		if id >= MaxBackends {
+			return fmt.Errorf("maps: ring (%d, %d) entry %d: backend id %d out of range", serviceID, island, i, id)
+		}
+	}
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "ring",
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  4,
+		MaxEntries: uint32(len(table)) + 1,
+		Flags:      unix.BPF_F_INNER_MAP,
+	})
+	if err != nil {
+		return fmt.Errorf("maps: create ring (%d, %d) of %d: %w", serviceID, island, len(table), err)
+	}
+	defer inner.Close()
+
+	keys := make([]uint32, len(table)+1)
+	vals := make([]uint32, len(table)+1)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	vals[0] = uint32(len(table))
+	copy(vals[1:], table)
+	if _, err := inner.BatchUpdate(keys, vals, nil); err != nil {
+		return fmt.Errorf("maps: fill ring (%d, %d): %w", serviceID, island, err)
+	}
+	if err := m.Rings.Put(slot, inner); err != nil {
+		return fmt.Errorf("maps: switch ring (%d, %d): %w", serviceID, island, err)
+	}
+	return nil
+}
+
+// ClearRing removes the ring of (service, island).
+func (m *Maps) ClearRing(serviceID, island uint32) error {
+	if err := m.Rings.Delete(RingSlot(serviceID, island)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("maps: clear ring (%d, %d): %w", serviceID, island, err)
+	}
+	return nil
+}
+
+// Ring reads back the table of (service, island); nil if there is none.
+func (m *Maps) Ring(serviceID, island uint32) ([]uint32, error) {
+	var innerID ebpf.MapID
+	if err := m.Rings.Lookup(RingSlot(serviceID, island), &innerID); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("maps: ring (%d, %d): %w", serviceID, island, err)
+	}
+	inner, err := ebpf.NewMapFromID(innerID)
+	if err != nil {
+		return nil, fmt.Errorf("maps: open ring (%d, %d): %w", serviceID, island, err)
+	}
+	defer inner.Close()
+	var size uint32
+	if err := inner.Lookup(uint32(0), &size); err != nil {
+		return nil, fmt.Errorf("maps: ring (%d, %d) size: %w", serviceID, island, err)
+	}
+	out := make([]uint32, size)
+	for i := range out {
+		if err := inner.Lookup(uint32(i+1), &out[i]); err != nil {
+			return nil, fmt.Errorf("maps: ring (%d, %d) slot %d: %w", serviceID, island, i+1, err)
+		}
+	}
+	return out, nil
+}
+
+// SetSources sets the LB's own addresses, the outer source of ipip
+// packets. An invalid address disables ipip toward that family.
+func (m *Maps) SetSources(v4, v6 netip.Addr) error {
+	var c bpf.BalancerLbConfig
+	if v4.IsValid() {
+		if !v4.Is4() {
+			return fmt.Errorf("maps: IPv4 source %v is not IPv4", v4)
+		}
+		c.Src4 = v4.As4()
+	}
+	if v6.IsValid() {
+		if !v6.Is6() || v6.Is4In6() {
+			return fmt.Errorf("maps: IPv6 source %v is not IPv6", v6)
+		}
+		c.Src6 = v6.As16()
+	}
+	if err := m.Config.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("maps: put config: %w", err)
+	}
+	return nil
+}
+
+// ReadStats returns every outcome counter summed over CPUs.
+func (m *Maps) ReadStats() ([NumStats]uint64, error) {
+	var out [NumStats]uint64
+	for i := range out {
+		var per []uint64
+		if err := m.Stats.Lookup(uint32(i), &per); err != nil {
+			return out, fmt.Errorf("maps: stats %s: %w", StatName(Stat(i)), err)
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+func readCounters(mp *ebpf.Map, id uint32) (Counters, error) {
+	var (
+		per []bpf.BalancerCounters
+		c   Counters
+	)
+	if err := mp.Lookup(id, &per); err != nil {
+		return c, err
+	}
+	for _, v := range per {
+		c.Packets += v.Packets
+		c.Bytes += v.Bytes
+		c.NewFlows += v.NewFlows
+	}
+	return c, nil
+}
+
+// ServiceCounters returns a service's counters summed over CPUs.
+func (m *Maps) ServiceCounters(id uint32) (Counters, error) {
+	c, err := readCounters(m.ServiceStats, id)
+	if err != nil {
+		return c, fmt.Errorf("maps: service %d counters: %w", id, err)
+	}
+	return c, nil
+}
+
+// BackendCounters returns a backend's counters summed over CPUs.
+func (m *Maps) BackendCounters(id uint32) (Counters, error) {
+	c, err := readCounters(m.BackendStats, id)
+	if err != nil {
+		return c, fmt.Errorf("maps: backend %d counters: %w", id, err)
+	}
+	return c, nil
+}
+
+// LookupFlow returns the conntrack entry of a flow.
+func (m *Maps) LookupFlow(k FlowKey) (Flow, bool, error) {
+	var v bpf.BalancerCtEntry
+	if err := m.Conntrack.Lookup(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Flow{}, false, nil
+		}
+		return Flow{}, false, fmt.Errorf("maps: conntrack lookup: %w", err)
+	}
+	return flowOf(&k, &v), true, nil
+}
+
+func flowOf(k *FlowKey, v *bpf.BalancerCtEntry) Flow {
+	return Flow{
+		Client:  netip.AddrPortFrom(getAddr(k.Src, k.Family), ntohs(k.Sport)),
+		VIP:     netip.AddrPortFrom(getAddr(k.Dst, k.Family), ntohs(k.Dport)),
+		Backend: v.Backend,
+		Service: uint32(v.Service),
+		Local:   v.Flags&CTLocal != 0,
+		Created: time.Duration(v.CreatedNs),
+	}
+}
+
+// Flows returns up to max conntrack entries (all if max <= 0).
+func (m *Maps) Flows(max int) ([]Flow, error) {
+	var (
+		out []Flow
+		k   FlowKey
+		v   bpf.BalancerCtEntry
+	)
+	it := m.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, flowOf(&k, &v))
+		if max > 0 && len(out) >= max {
+			return out, nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("maps: iterate conntrack: %w", err)
+	}
+	return out, nil
+}
+
+// FlushConntrack deletes every conntrack entry and returns how many.
+func (m *Maps) FlushConntrack() (int, error) {
+	var (
+		keys []FlowKey
+		k    FlowKey
+		v    bpf.BalancerCtEntry
+	)
+	it := m.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("maps: iterate conntrack: %w", err)
+	}
+	n := 0
+	for i := range keys {
+		if err := m.Conntrack.Delete(&keys[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("maps: flush conntrack: %w", err)
+		}
+	}
+	return n, nil
+}
