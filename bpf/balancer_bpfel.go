@@ -46,6 +46,16 @@ type BalancerCtEntry struct {
 	CreatedNs uint64
 }
 
+type BalancerFlow4Key struct {
+	_     structs.HostLayout
+	Src   uint32
+	Dst   uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type BalancerFlowKey struct {
 	_      structs.HostLayout
 	Src    [16]uint8
@@ -134,7 +144,8 @@ const (
 	BalancerMapBackendStats = "backend_stats"
 	BalancerMapBackends     = "backends"
 	BalancerMapConfig       = "config"
-	BalancerMapConntrack    = "conntrack"
+	BalancerMapConntrack4   = "conntrack4"
+	BalancerMapConntrack6   = "conntrack6"
 	BalancerMapNhCache      = "nh_cache"
 	BalancerMapRings        = "rings"
 	BalancerMapServiceState = "service_state"
@@ -198,7 +209,8 @@ type BalancerMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
@@ -238,7 +250,8 @@ type BalancerMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
@@ -253,7 +266,8 @@ func (m *BalancerMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Config,
-		m.Conntrack,
+		m.Conntrack4,
+		m.Conntrack6,
 		m.NhCache,
 		m.Rings,
 		m.ServiceState,

@@ -46,6 +46,16 @@ type BenchCtEntry struct {
 	CreatedNs uint64
 }
 
+type BenchFlow4Key struct {
+	_     structs.HostLayout
+	Src   uint32
+	Dst   uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type BenchFlowKey struct {
 	_      structs.HostLayout
 	Src    [16]uint8
@@ -135,7 +145,8 @@ const (
 	BenchMapBackends      = "backends"
 	BenchMapBenchSeq      = "bench_seq"
 	BenchMapConfig        = "config"
-	BenchMapConntrack     = "conntrack"
+	BenchMapConntrack4    = "conntrack4"
+	BenchMapConntrack6    = "conntrack6"
 	BenchMapNhCache       = "nh_cache"
 	BenchMapRings         = "rings"
 	BenchMapServiceState  = "service_state"
@@ -204,7 +215,8 @@ type BenchMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	BenchSeq     *ebpf.MapSpec `ebpf:"bench_seq"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
@@ -247,7 +259,8 @@ type BenchMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	BenchSeq     *ebpf.Map `ebpf:"bench_seq"`
 	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
@@ -263,7 +276,8 @@ func (m *BenchMaps) Close() error {
 		m.Backends,
 		m.BenchSeq,
 		m.Config,
-		m.Conntrack,
+		m.Conntrack4,
+		m.Conntrack6,
 		m.NhCache,
 		m.Rings,
 		m.ServiceState,

@@ -20,6 +20,38 @@ static __always_inline struct service *lookup_service(const struct packet *p)
 	return bpf_map_lookup_elem(&services, &k);
 }
 
+static __always_inline void flow4_of(const struct flow_key *k, struct flow4_key *k4)
+{
+	k4->src = *(const __be32 *)k->src;
+	k4->dst = *(const __be32 *)k->dst;
+	k4->sport = k->sport;
+	k4->dport = k->dport;
+	k4->proto = k->proto;
+}
+
+static __always_inline struct ct_entry *ct_lookup(const struct packet *p)
+{
+	if (p->key.family == FAMILY_V4) {
+		struct flow4_key k4 = {};
+
+		flow4_of(&p->key, &k4);
+		return bpf_map_lookup_elem(&conntrack4, &k4);
+	}
+	return bpf_map_lookup_elem(&conntrack6, &p->key);
+}
+
+static __always_inline void ct_insert(const struct packet *p, const struct ct_entry *e)
+{
+	if (p->key.family == FAMILY_V4) {
+		struct flow4_key k4 = {};
+
+		flow4_of(&p->key, &k4);
+		bpf_map_update_elem(&conntrack4, &k4, e, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&conntrack6, &p->key, e, BPF_ANY);
+}
+
 /* usable says whether a conntrack entry may keep using a backend. */
 static __always_inline int usable(const struct backend *be)
 {
@@ -68,7 +100,7 @@ static __always_inline int login_miss(const struct packet *p, __u32 sid, __u32 g
 			.created_ns = bpf_ktime_get_coarse_ns(),
 		};
 
-		bpf_map_update_elem(&conntrack, &p->key, &e, BPF_ANY);
+		ct_insert(p, &e);
 	}
 	count(STAT_PASS_LOCAL);
 	return XDP_PASS;
@@ -204,7 +236,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 			.created_ns = bpf_ktime_get_coarse_ns(),
 		};
 
-		bpf_map_update_elem(&conntrack, &p->key, &e, BPF_ANY);
+		ct_insert(p, &e);
 	}
 	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
 }
@@ -216,7 +248,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 	struct ct_entry *ct;
 	int rc;
 
-	ct = bpf_map_lookup_elem(&conntrack, &p->key);
+	ct = ct_lookup(p);
 	if (ct) {
 		rc = established(ctx, p, ct);
 		if (rc != CONTINUE)

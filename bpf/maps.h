@@ -56,12 +56,20 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
+/* Connection tracking, one LRU per family (smaller IPv4 keys hash faster). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_SIZE_DEFAULT); /* loader */
+	__type(key, struct flow4_key);
+	__type(value, struct ct_entry);
+} conntrack4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CT_SIZE_DEFAULT); /* loader */
 	__type(key, struct flow_key);
 	__type(value, struct ct_entry);
-} conntrack SEC(".maps");
+} conntrack6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

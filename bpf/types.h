@@ -53,8 +53,8 @@ struct backend {
 	__u32 island;
 };
 
-/* conntrack key: the client's 5-tuple as it reaches the VIP. Its ten
- * 32-bit words are also the input of the Maglev flow hash. */
+/* The client's 5-tuple as it reaches the VIP: the conntrack6 key, and for
+ * both families the input of the Maglev flow hash (its ten 32-bit words). */
 struct flow_key {
 	__u8 src[16];
 	__u8 dst[16];
@@ -65,7 +65,19 @@ struct flow_key {
 	__u16 pad;
 };
 
-/* conntrack value. */
+/* conntrack4 key: an IPv4 flow in 16 bytes rather than flow_key's 40,
+ * which makes the per-packet lookup of an established IPv4 flow about a
+ * third cheaper (jhash over 4 words instead of 10). */
+struct flow4_key {
+	__be32 src;
+	__be32 dst;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* conntrack4/conntrack6 value. */
 struct ct_entry {
 	__u32 backend;
 	__u16 service; /* service id */

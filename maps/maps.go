@@ -8,6 +8,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -27,7 +28,8 @@ const (
 	MapVIPAddrs     = "vip_addrs"
 	MapBackends     = "backends"
 	MapRings        = "rings"
-	MapConntrack    = "conntrack"
+	MapConntrack4   = "conntrack4"
+	MapConntrack6   = "conntrack6"
 	MapNextHops     = "nh_cache"
 	MapConfig       = "config"
 	MapStats        = "stats"
@@ -78,7 +80,8 @@ type Maps struct {
 	VIPAddrs     *ebpf.Map
 	Backends     *ebpf.Map
 	Rings        *ebpf.Map
-	Conntrack    *ebpf.Map
+	Conntrack4   *ebpf.Map // IPv4 flows, keyed by bpf.BalancerFlow4Key
+	Conntrack6   *ebpf.Map // IPv6 flows, keyed by FlowKey
 	NextHops     *ebpf.Map
 	Config       *ebpf.Map
 	Stats        *ebpf.Map
@@ -97,7 +100,8 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapVIPAddrs:     &m.VIPAddrs,
 		MapBackends:     &m.Backends,
 		MapRings:        &m.Rings,
-		MapConntrack:    &m.Conntrack,
+		MapConntrack4:   &m.Conntrack4,
+		MapConntrack6:   &m.Conntrack6,
 		MapNextHops:     &m.NextHops,
 		MapConfig:       &m.Config,
 		MapStats:        &m.Stats,
@@ -488,10 +492,39 @@ func (m *Maps) BackendCounters(id uint32) (Counters, error) {
 	return c, nil
 }
 
+// flow4Key is the IPv4 conntrack key of k.
+func flow4Key(k *FlowKey) bpf.BalancerFlow4Key {
+	return bpf.BalancerFlow4Key{
+		Src:   binary.LittleEndian.Uint32(k.Src[:4]),
+		Dst:   binary.LittleEndian.Uint32(k.Dst[:4]),
+		Sport: k.Sport,
+		Dport: k.Dport,
+		Proto: k.Proto,
+	}
+}
+
+// flowKeyOf4 turns an IPv4 conntrack key back into a FlowKey.
+func flowKeyOf4(k4 *bpf.BalancerFlow4Key) FlowKey {
+	var k FlowKey
+	binary.LittleEndian.PutUint32(k.Src[:4], k4.Src)
+	binary.LittleEndian.PutUint32(k.Dst[:4], k4.Dst)
+	k.Sport, k.Dport, k.Proto, k.Family = k4.Sport, k4.Dport, k4.Proto, familyV4
+	return k
+}
+
 // LookupFlow returns the conntrack entry of a flow.
 func (m *Maps) LookupFlow(k FlowKey) (Flow, bool, error) {
-	var v bpf.BalancerCtEntry
-	if err := m.Conntrack.Lookup(&k, &v); err != nil {
+	var (
+		v   bpf.BalancerCtEntry
+		err error
+	)
+	if k.Family == familyV4 {
+		k4 := flow4Key(&k)
+		err = m.Conntrack4.Lookup(&k4, &v)
+	} else {
+		err = m.Conntrack6.Lookup(&k, &v)
+	}
+	if err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Flow{}, false, nil
 		}
@@ -511,46 +544,67 @@ func flowOf(k *FlowKey, v *bpf.BalancerCtEntry) Flow {
 	}
 }
 
-// Flows returns up to max conntrack entries (all if max <= 0).
+// Flows returns up to max conntrack entries of both families (all if
+// max <= 0).
 func (m *Maps) Flows(max int) ([]Flow, error) {
 	var (
 		out []Flow
-		k   FlowKey
 		v   bpf.BalancerCtEntry
+		k4  bpf.BalancerFlow4Key
+		k   FlowKey
 	)
-	it := m.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, flowOf(&k, &v))
-		if max > 0 && len(out) >= max {
-			return out, nil
-		}
+	full := func() bool { return max > 0 && len(out) >= max }
+	it := m.Conntrack4.Iterate()
+	for !full() && it.Next(&k4, &v) {
+		fk := flowKeyOf4(&k4)
+		out = append(out, flowOf(&fk, &v))
 	}
 	if err := it.Err(); err != nil {
-		return out, fmt.Errorf("maps: iterate conntrack: %w", err)
+		return out, fmt.Errorf("maps: iterate conntrack4: %w", err)
+	}
+	it = m.Conntrack6.Iterate()
+	for !full() && it.Next(&k, &v) {
+		out = append(out, flowOf(&k, &v))
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("maps: iterate conntrack6: %w", err)
 	}
 	return out, nil
 }
 
 // FlushConntrack deletes every conntrack entry and returns how many.
 func (m *Maps) FlushConntrack() (int, error) {
+	n4, err := flush[bpf.BalancerFlow4Key](m.Conntrack4)
+	if err != nil {
+		return n4, fmt.Errorf("maps: flush conntrack4: %w", err)
+	}
+	n6, err := flush[FlowKey](m.Conntrack6)
+	if err != nil {
+		return n4 + n6, fmt.Errorf("maps: flush conntrack6: %w", err)
+	}
+	return n4 + n6, nil
+}
+
+// flush deletes every key of a hash map.
+func flush[K any](mp *ebpf.Map) (int, error) {
 	var (
-		keys []FlowKey
-		k    FlowKey
+		keys []K
+		k    K
 		v    bpf.BalancerCtEntry
 	)
-	it := m.Conntrack.Iterate()
+	it := mp.Iterate()
 	for it.Next(&k, &v) {
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("maps: iterate conntrack: %w", err)
+		return 0, err
 	}
 	n := 0
 	for i := range keys {
-		if err := m.Conntrack.Delete(&keys[i]); err == nil {
+		if err := mp.Delete(&keys[i]); err == nil {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("maps: flush conntrack: %w", err)
+			return n, err
 		}
 	}
 	return n, nil

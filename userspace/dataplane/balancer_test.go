@@ -647,3 +647,51 @@ func TestLoginMode(t *testing.T) {
 		t.Fatalf("pass_local %d, want 2", got)
 	}
 }
+
+// TestFlowsAndFlush: the Go side lists and flushes the flows of both
+// families exactly as the data plane wrote them.
+func TestFlowsAndFlush(t *testing.T) {
+	e := newProgEnv(t)
+	svcs := []maps.Service{svcL2v4, svcL2v6}
+	b := setup(t, e, svcs...)
+	table := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	want := map[netip.AddrPort]uint32{}
+	for i, c := range []netip.Addr{client4, client6} {
+		for port := uint16(7000); port < 7010; port++ {
+			vip := []netip.Addr{vip4, vip6}[i]
+			if v, _ := e.run(t, b.Program, packet.TCP(syn(c, port, vip, 143))); v != xdpTX {
+				t.Fatalf("SYN: %s", verdict(v))
+			}
+			want[netip.AddrPortFrom(c, port)] = expectNode(t, table, b.HashSeed, c, port, vip, 143).id
+		}
+	}
+	flows, err := b.Maps.Flows(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != len(want) {
+		t.Fatalf("%d flows, want %d", len(flows), len(want))
+	}
+	for _, f := range flows {
+		if id, ok := want[f.Client]; !ok || f.Backend != id || f.VIP.Port() != 143 || f.Local || f.Created == 0 {
+			t.Fatalf("flow %+v: want backend %d of a known client", f, id)
+		}
+		wantSvc := svcL2v4.ID
+		if f.Client.Addr().Is6() {
+			wantSvc = svcL2v6.ID
+		}
+		if f.Service != wantSvc {
+			t.Fatalf("flow %+v: service %d, want %d", f, f.Service, wantSvc)
+		}
+	}
+	if few, _ := b.Maps.Flows(5); len(few) != 5 {
+		t.Fatalf("Flows(5) gave %d", len(few))
+	}
+	n, err := b.Maps.FlushConntrack()
+	if err != nil || n != len(want) {
+		t.Fatalf("flushed %d (%v), want %d", n, err, len(want))
+	}
+	if left, _ := b.Maps.Flows(0); len(left) != 0 {
+		t.Fatalf("%d flows left after flush", len(left))
+	}
+}

@@ -17,8 +17,8 @@ import (
 
 // Options shape a balancer collection at load time.
 type Options struct {
-	// ConntrackSize is the number of flows the conntrack LRU holds;
-	// 0 keeps the object's default (maps.DefaultConntrackSize).
+	// ConntrackSize is the number of flows each conntrack LRU (IPv4,
+	// IPv6) holds; 0 keeps the object's default (maps.DefaultConntrackSize).
 	ConntrackSize uint32
 	// HashSeed seeds the flow hash. LB hosts that back each other up must
 	// use the same seed. 0 keeps the object's default.
@@ -30,11 +30,13 @@ type Options struct {
 
 func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, error) {
 	if opts.ConntrackSize != 0 {
-		ct, ok := spec.Maps[maps.MapConntrack]
-		if !ok {
-			return nil, errors.New("dataplane: object has no conntrack map")
+		for _, name := range []string{maps.MapConntrack4, maps.MapConntrack6} {
+			ct, ok := spec.Maps[name]
+			if !ok {
+				return nil, fmt.Errorf("dataplane: object has no %s map", name)
+			}
+			ct.MaxEntries = opts.ConntrackSize
 		}
-		ct.MaxEntries = opts.ConntrackSize
 	}
 	if opts.HashSeed != 0 {
 		v, ok := spec.Variables["hash_seed"]
