@@ -74,6 +74,11 @@ type BalancerLbConfig struct {
 	Flags uint32
 }
 
+type BalancerNameKey struct {
+	_    structs.HostLayout
+	Name [128]uint8
+}
+
 type BalancerNhEntry struct {
 	_         structs.HostLayout
 	ExpiresNs uint64
@@ -146,6 +151,7 @@ const (
 	BalancerMapConfig       = "config"
 	BalancerMapConntrack4   = "conntrack4"
 	BalancerMapConntrack6   = "conntrack6"
+	BalancerMapNames        = "names"
 	BalancerMapNhCache      = "nh_cache"
 	BalancerMapRings        = "rings"
 	BalancerMapServiceState = "service_state"
@@ -211,6 +217,7 @@ type BalancerMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
+	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
@@ -252,6 +259,7 @@ type BalancerMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
+	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
@@ -268,6 +276,7 @@ func (m *BalancerMaps) Close() error {
 		m.Config,
 		m.Conntrack4,
 		m.Conntrack6,
+		m.Names,
 		m.NhCache,
 		m.Rings,
 		m.ServiceState,

@@ -74,6 +74,11 @@ type BenchLbConfig struct {
 	Flags uint32
 }
 
+type BenchNameKey struct {
+	_    structs.HostLayout
+	Name [128]uint8
+}
+
 type BenchNhEntry struct {
 	_         structs.HostLayout
 	ExpiresNs uint64
@@ -147,6 +152,7 @@ const (
 	BenchMapConfig        = "config"
 	BenchMapConntrack4    = "conntrack4"
 	BenchMapConntrack6    = "conntrack6"
+	BenchMapNames         = "names"
 	BenchMapNhCache       = "nh_cache"
 	BenchMapRings         = "rings"
 	BenchMapServiceState  = "service_state"
@@ -217,6 +223,7 @@ type BenchMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
+	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
@@ -261,6 +268,7 @@ type BenchMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
+	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
@@ -278,6 +286,7 @@ func (m *BenchMaps) Close() error {
 		m.Config,
 		m.Conntrack4,
 		m.Conntrack6,
+		m.Names,
 		m.NhCache,
 		m.Rings,
 		m.ServiceState,

@@ -87,4 +87,22 @@ enum decap_stat {
 	DECAP_STAT_MAX,
 };
 
+/* Health checks through the forwarding path (hc.c): a check socket
+ * carries the mark HC_MARK_BASE | backend id; hc.c steers its packets to
+ * that backend exactly as the balancer would. */
+#define HC_MARK_MASK 0xfffff000
+#define HC_MARK_BASE_DEFAULT 0xa7000000
+#define HC_MARK_ID_MASK 0x00000fff
+
+/* Outcome counters of hc.c (the hc_stats map). Mirrored in Go as
+ * maps.HCStat. */
+enum hc_stat {
+	HC_PASS = 0,    /* not a health-check packet: untouched */
+	HC_STEERED,     /* sent to its backend */
+	HC_NO_TARGET,   /* marked, but no target for that id: dropped */
+	HC_FIB,         /* no route or neighbour for the node: dropped */
+	HC_ENCAP,       /* could not make room for the outer header: dropped */
+	HC_STAT_MAX,
+};
+
 #endif

@@ -106,6 +106,13 @@ struct {
 	__type(value, struct counters);
 } backend_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS + MAX_SERVICES + MAX_ISLANDS);
+	__type(key, struct name_key);
+	__type(value, __u32);
+} names SEC(".maps");
+
 /* Seed of the flow hash. Two LB hosts must share it to pick the same node
  * for the same flow; a per-deployment secret keeps clients from aiming
  * their flows at one node. Set by the loader. */

@@ -108,6 +108,22 @@ struct lb_config {
 	__u32 flags;
 };
 
+/* hc_targets value, indexed by backend id: where hc.c steers a health
+ * check marked with that id, and how. */
+struct hc_target {
+	__u8 addr[16];
+	__u8 family; /* 0: no target */
+	__u8 fwd;    /* FWD_* */
+	__u16 pad;
+};
+
+/* names key: a control-plane name ("s:imap-a/4", "b:imap-a/4/node-a1",
+ * "i:a"). The data plane never reads the names map; it is pinned with the
+ * others so a restarted daemon gives every object the id it had. */
+struct name_key {
+	__u8 name[128];
+};
+
 /* Per-CPU traffic counters of a service or a backend. */
 struct counters {
 	__u64 packets;

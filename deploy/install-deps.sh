@@ -8,6 +8,7 @@ packages=(
 	clang llvm libbpf-dev bpftool   # make generate (bpf2go)
 	iproute2 ethtool tcpdump        # namespaces, offloads, captures
 	iputils-ping curl python3 openssl
+	dovecot-imapd dovecot-pop3d dovecot-lmtpd   # deploy/lab/peer: real IMAP/POP3/LMTP nodes
 )
 
 missing=()
@@ -17,8 +18,21 @@ done
 if ((${#missing[@]})); then
 	echo "install-deps: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# Keep packages (dovecot, …) from starting system daemons that would
+	# grab ports 143/110/…: tests and the lab run private instances.
+	made_policy=
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		made_policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	if [[ -n $made_policy ]]; then
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
 fi
 
 # bpffs, for pinned maps and links.

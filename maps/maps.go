@@ -87,6 +87,7 @@ type Maps struct {
 	Stats        *ebpf.Map
 	ServiceStats *ebpf.Map
 	BackendStats *ebpf.Map
+	Names        *ebpf.Map // control-plane ids by name (never read by XDP)
 
 	mu sync.Mutex
 }
@@ -107,6 +108,7 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapStats:        &m.Stats,
 		MapServiceStats: &m.ServiceStats,
 		MapBackendStats: &m.BackendStats,
+		MapNames:        &m.Names,
 	} {
 		mp, ok := coll.Maps[name]
 		if !ok {
@@ -608,4 +610,111 @@ func flush[K any](mp *ebpf.Map) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// MapNames is the pinned map of control-plane ids by name.
+const MapNames = "names"
+
+// NameLen is the longest name the names map holds.
+const NameLen = 127
+
+func nameKey(name string) (bpf.BalancerNameKey, error) {
+	var k bpf.BalancerNameKey
+	if len(name) == 0 || len(name) > NameLen {
+		return k, fmt.Errorf("maps: name %q must be 1..%d bytes", name, NameLen)
+	}
+	copy(k.Name[:], name)
+	return k, nil
+}
+
+// PutName records the id of a control-plane object.
+func (m *Maps) PutName(name string, id uint32) error {
+	k, err := nameKey(name)
+	if err != nil {
+		return err
+	}
+	if err := m.Names.Put(&k, id); err != nil {
+		return fmt.Errorf("maps: put name %q: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteName forgets a name; a missing name is not an error.
+func (m *Maps) DeleteName(name string) error {
+	k, err := nameKey(name)
+	if err != nil {
+		return err
+	}
+	if err := m.Names.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("maps: delete name %q: %w", name, err)
+	}
+	return nil
+}
+
+// ListNames returns every recorded name and its id.
+func (m *Maps) ListNames() (map[string]uint32, error) {
+	out := map[string]uint32{}
+	var (
+		k  bpf.BalancerNameKey
+		id uint32
+	)
+	it := m.Names.Iterate()
+	for it.Next(&k, &id) {
+		n := 0
+		for n < len(k.Name) && k.Name[n] != 0 {
+			n++
+		}
+		out[string(k.Name[:n])] = id
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("maps: list names: %w", err)
+	}
+	return out, nil
+}
+
+// CountFlows counts the conntrack entries of each family, walking the
+// keys in batches.
+func (m *Maps) CountFlows() (v4, v6 int, err error) {
+	if v4, err = countKeys[bpf.BalancerFlow4Key](m.Conntrack4); err != nil {
+		return 0, 0, fmt.Errorf("maps: count conntrack4: %w", err)
+	}
+	if v6, err = countKeys[FlowKey](m.Conntrack6); err != nil {
+		return v4, 0, fmt.Errorf("maps: count conntrack6: %w", err)
+	}
+	return v4, v6, nil
+}
+
+func countKeys[K any](mp *ebpf.Map) (int, error) {
+	const chunk = 4096
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]K, chunk)
+		vals   = make([]bpf.BalancerCtEntry, chunk)
+		total  int
+	)
+	for {
+		n, err := mp.BatchLookup(&cursor, keys, vals, nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// Sources reads the LB's own addresses (invalid when unset).
+func (m *Maps) Sources() (v4, v6 netip.Addr, err error) {
+	var c bpf.BalancerLbConfig
+	if err := m.Config.Lookup(uint32(0), &c); err != nil {
+		return v4, v6, fmt.Errorf("maps: read config: %w", err)
+	}
+	if c.Src4 != [4]byte{} {
+		v4 = netip.AddrFrom4(c.Src4)
+	}
+	if c.Src6 != [16]byte{} {
+		v6 = netip.AddrFrom16(c.Src6)
+	}
+	return v4, v6, nil
 }

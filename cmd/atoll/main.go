@@ -1,10 +1,15 @@
 // Command atoll is the XDP-assisted L4 load balancer for mail ports.
 //
-//	atoll version              print the version
+//	atoll run -c FILE          the daemon: data plane, health checks, reconciler, metrics, API
+//	atoll check -c FILE        validate a config without touching anything
+//	atoll status [-o json]     services, nodes, health, counters of the running daemon
+//	atoll drain|undrain NODE   keep a node's flows but send it no new ones / undo
+//	atoll reload               re-read the config (as SIGHUP does)
+//	atoll flows [-n N]         a sample of the conntrack table
+//	atoll reset -yes           remove the pinned state (detach, drop tracked flows)
 //	atoll decap -i IFACE ...   attach the node-side decapsulator (ipip nodes)
 //	atoll demo [-once|-stop]   run the data plane in a small namespace topology
-//
-// `atoll run` (the control plane) arrives with the control-plane issue.
+//	atoll version              print the version
 package main
 
 import (
@@ -19,10 +24,18 @@ var version = "dev"
 const usage = `usage: atoll COMMAND [flags]
 
 commands:
-  version   print the version
+  run       the daemon: data plane, health checks, reconciler, metrics, admin API
+  check     validate a config file without touching anything (like nginx -t)
+  status    show services, nodes, health and counters of the running daemon
+  drain     drain a node: it keeps its flows and gets no new ones
+  undrain   undo a drain
+  reload    make the running daemon re-read its config (as SIGHUP does)
+  flows     show a sample of the conntrack table
+  reset     remove the pinned state: detaches the balancer, drops tracked flows
   decap     attach (or detach) the node-side ipip decapsulator on an interface
   demo      start the data plane in a small namespace topology and show real
-            connections going through it (what 'make run' does for now)
+            connections going through it
+  version   print the version
 
 'atoll COMMAND -h' shows a command's flags.
 `
@@ -36,6 +49,14 @@ func main() {
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "version", "-v", "--version":
 		fmt.Println("atoll", buildVersion())
+	case "run":
+		err = runRun(args)
+	case "check":
+		err = runCheck(args)
+	case "reset":
+		err = runReset(args)
+	case "status", "drain", "undrain", "reload", "flows":
+		err = runCtl(cmd, args)
 	case "decap":
 		err = runDecap(args)
 	case "demo":

@@ -52,6 +52,9 @@ type Config struct {
 	LBMTU int
 	// ConntrackSize of the balancer (0: the object's default).
 	ConntrackSize uint32
+	// NoBalancer leaves the LB host without a balancer: `atoll run` will
+	// load and attach its own.
+	NoBalancer bool
 }
 
 // Node is one mail-store node.
@@ -233,6 +236,9 @@ func (l *Lab) newLB(cfg Config) (err error) {
 	l.onClose(pass.Close)
 	if err := l.attachXDP(l.Segment.NS, peer, func(i int) (link.Link, error) { return dataplane.AttachXDP(pass, i) }); err != nil {
 		return err
+	}
+	if cfg.NoBalancer {
+		return nil
 	}
 	if l.Balancer, err = dataplane.LoadBalancer(dataplane.Options{ConntrackSize: cfg.ConntrackSize}); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -51,10 +52,16 @@ func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, 
 	if opts.PinPath != "" {
 		for name, m := range spec.Maps {
 			// Data sections (.rodata) are per object, never pinned.
-			if name == ".rodata" || name == ".data" || name == ".bss" {
+			if strings.HasPrefix(name, ".") {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
+		}
+		if err := EnsureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
+		if err := checkPinned(spec, opts.PinPath); err != nil {
+			return nil, err
 		}
 		co.Maps.PinPath = opts.PinPath
 	}

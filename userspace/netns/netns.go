@@ -426,6 +426,17 @@ func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd
 	return cmd
 }
 
+// NetCommand is like Command but enters only the network namespace
+// (nsenter --net), keeping the caller's mount namespace. `ip netns exec`
+// remounts /sys privately, so a process it starts sees no bpffs under
+// /sys/fs/bpf and anything it pins there dies with it; a daemon whose
+// pinned state must outlive it (atoll run) is started this way.
+func (n *NS) NetCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(RunDir, n.Name), "--", name}, args...)...)
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
 // Exec runs a command inside the namespace and returns its combined output.
 // The error includes the output.
 func (n *NS) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
