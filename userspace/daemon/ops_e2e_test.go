@@ -88,6 +88,10 @@ func TestE2EDrain(t *testing.T) {
 			}
 		}
 	}
+	out, err = e.cli("status")
+	if err != nil || !strings.Contains(out, "draining (admin)") || !strings.Contains(out, "drained by the admin: "+victim) {
+		t.Fatalf("atoll status after drain: %v\n%s", err, out)
+	}
 	for i := 0; i < 10; i++ {
 		if err := s.noop(); err != nil {
 			t.Fatalf("open session to the drained node broke: %v", err)
@@ -187,6 +191,41 @@ func TestE2ERestart(t *testing.T) {
 		}
 	}
 	t.Logf("%d NOOP rounds over 20 sessions, none failed; %d flows tracked before, %d after", rounds.Load(), before, st.Conntrack.V4)
+
+	// `atoll flows` lists the sessions' flows with their nodes.
+	out, err := e.cli("flows", "-n", "1000")
+	if err != nil {
+		t.Fatalf("atoll flows: %v\n%s", err, out)
+	}
+	for _, s := range sessions {
+		local := s.c.LocalAddr().String()
+		if !strings.Contains(out, local) {
+			t.Fatalf("atoll flows lacks %s:\n%s", local, out)
+		}
+	}
+
+	// A changed conntrack_size cannot adopt the pinned maps: the daemon
+	// refuses to start and says what to do; `atoll reset` clears the way.
+	if err := e.daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon.Wait()
+	e.daemon = nil
+	cfg, _ := os.ReadFile(e.cfgPath)
+	must(t, os.WriteFile(e.cfgPath, []byte(strings.Replace(string(cfg), "conntrack_size: 65536", "conntrack_size: 131072", 1)), 0o644))
+	run := e.lab.LB.NetCommand(t.Context(), atollBin, "run", "-c", e.cfgPath)
+	out2, err := run.CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "atoll reset") || !strings.Contains(string(out2), "entries") {
+		t.Fatalf("start over pinned maps of another size: %v\n%s", err, out2)
+	}
+	if out, err := exec.Command(atollBin, "reset", "-yes", "-pin", e.pin).CombinedOutput(); err != nil {
+		t.Fatalf("atoll reset: %v\n%s", err, out)
+	}
+	e.startDaemon()
+	e.waitAllUp()
+	if fi, err := os.Stat(e.socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("API socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
 }
 
 // pinnedRing reads the ring the data plane uses for a service VIP.
