@@ -91,9 +91,9 @@ dataplane:
   source_v4: {{.SrcV4}}
   source_v6: {{.SrcV6}}
 health:
-  interval: 500ms
-  timeout: 400ms
-  jitter: 50ms
+  interval: 1s
+  timeout: 800ms
+  jitter: 100ms
   rise: 2
   fall: 2
 metrics:
