@@ -24,8 +24,9 @@ func TestE2EHealthDovecot(t *testing.T) {
 	must(t, e.dovecot[victim].Stop())
 	e.waitFor(victim+" down", 10*time.Second, func(st api.Status) bool {
 		s, h, _ := nodeState(st, "imap-a", lab.VIP4, victim)
+		s6, _, _ := nodeState(st, "imap-a", lab.VIP6, victim)
 		p, _, _ := nodeState(st, "pop3-a", lab.VIP4, victim)
-		return s == "down" && h == "down" && p == "down"
+		return s == "down" && h == "down" && s6 == "down" && p == "down"
 	})
 	t.Logf("%s down for IMAP and POP3 %v after its Dovecot was told to stop (interval 1s, fall 2)", victim, time.Since(stopped).Round(time.Millisecond))
 	if got := e.sessions(lab.VIP4, 30); got[victim] != 0 || got[e.lab.Nodes[1].Name] != 30 {
@@ -37,7 +38,8 @@ func TestE2EHealthDovecot(t *testing.T) {
 	e.startDovecot(e.lab.Nodes[0])
 	e.waitFor(victim+" up again", 10*time.Second, func(st api.Status) bool {
 		s, h, _ := nodeState(st, "imap-a", lab.VIP4, victim)
-		return s == "up" && h == "up"
+		s6, _, _ := nodeState(st, "imap-a", lab.VIP6, victim)
+		return s == "up" && h == "up" && s6 == "up"
 	})
 	if got := e.sessions(lab.VIP4, 30); got[victim] == 0 {
 		t.Fatalf("after recovery %s got none of 30: %v", victim, got)
