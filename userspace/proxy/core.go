@@ -1,0 +1,403 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/atoll-lb/atoll/userspace/directory"
+)
+
+// NodeInfo is one node of an island as the control plane sees it.
+type NodeInfo struct {
+	Name    string
+	Addr    netip.AddrPort
+	Healthy bool
+}
+
+// IslandSettings say how the proxy talks to an island's nodes.
+type IslandSettings struct {
+	ClientAddr string      // ClientAddr*
+	NodeTLS    string      // NodeTLS*
+	TLSConfig  *tls.Config // toward the nodes (CA, server name)
+}
+
+// NodeSource is the control plane's view the core routes with.
+type NodeSource interface {
+	// Nodes lists the nodes of island for service (its protocol and
+	// port), with their health.
+	Nodes(service, island string) []NodeInfo
+	// Island returns how to reach island's nodes; false if unknown.
+	Island(island string) (IslandSettings, bool)
+}
+
+// Observer sees what the proxy does (metrics). Methods must be cheap.
+type Observer interface {
+	Login(protocol, result string) // result: ok, failed, unknown_user, unavailable, no_node, error, aborted
+	Lookup(d time.Duration, res directory.Result, err error)
+	Session(protocol string, delta int)
+	Relayed(protocol string, up, down int64)
+	DialFailed(node string)
+	Throttled(client netip.Addr)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Login(string, string)                          {}
+func (nopObserver) Lookup(time.Duration, directory.Result, error) {}
+func (nopObserver) Session(string, int)                           {}
+func (nopObserver) Relayed(string, int64, int64)                  {}
+func (nopObserver) DialFailed(string)                             {}
+func (nopObserver) Throttled(netip.Addr)                          {}
+
+// Options configure a Core.
+type Options struct {
+	Directory directory.Directory
+	Names     directory.Names
+	Nodes     NodeSource
+	// ServerTLS is offered to clients (STARTTLS/STLS, implicit-TLS
+	// listeners); nil: no TLS.
+	ServerTLS *tls.Config
+	// RequireTLS refuses logins before TLS (IMAP LOGINDISABLED).
+	RequireTLS bool
+	Limits     Limits
+	// MaxConnsPerSource caps concurrent connections from one client
+	// address (default 50; -1: no cap).
+	MaxConnsPerSource int
+	// Throttle: failed logins per client address.
+	Throttle ThrottleSettings
+	// SourceAddrs are local addresses to dial nodes from, in turn: one
+	// address gives about 64k connections to one node.
+	SourceAddrs []netip.Addr
+	DialTimeout time.Duration // default 5s
+	// Hostname appears in greetings.
+	Hostname string
+	Observer Observer
+	Log      *slog.Logger
+}
+
+// Core is the shared state of every proxy session.
+type Core struct {
+	opts     Options
+	limits   Limits
+	throttle *throttle
+	obs      Observer
+	log      *slog.Logger
+	srcNext  atomic.Uint64
+
+	mu      sync.Mutex
+	sources map[netip.Addr]int // open connections per client address
+	caps    map[string][]string
+}
+
+// NewCore builds a core.
+func NewCore(o Options) *Core {
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.MaxConnsPerSource == 0 {
+		o.MaxConnsPerSource = 50
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.Hostname == "" {
+		o.Hostname = "atoll"
+	}
+	return &Core{
+		opts: o, limits: o.Limits.withDefaults(), throttle: newThrottle(o.Throttle), obs: o.Observer, log: o.Log,
+		sources: map[netip.Addr]int{}, caps: map[string][]string{},
+	}
+}
+
+// Limits are the pre-login limits.
+func (c *Core) Limits() Limits { return c.limits }
+
+// ServerTLS is the TLS config offered to clients (nil: none).
+func (c *Core) ServerTLS() *tls.Config { return c.opts.ServerTLS }
+
+// RequireTLS says whether logins need TLS first.
+func (c *Core) RequireTLS() bool { return c.opts.RequireTLS }
+
+// Hostname is the name in greetings.
+func (c *Core) Hostname() string { return c.opts.Hostname }
+
+// Observer returns the metrics hooks.
+func (c *Core) Observer() Observer { return c.obs }
+
+// Route finds where user's login goes for service: the island from the
+// directory, then the island's healthy nodes ordered by a rendezvous hash
+// of the user name — one user keeps landing on one node while it is
+// healthy, and moves to the next one when it is not.
+func (c *Core) Route(ctx context.Context, service, user string) (*Route, error) {
+	lookup, nodeUser, err := c.opts.Names.Normalize(user)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadName, err)
+	}
+	start := time.Now()
+	res, err := c.opts.Directory.Lookup(ctx, lookup)
+	c.obs.Lookup(time.Since(start), res, err)
+	if err != nil {
+		return nil, err
+	}
+	set, ok := c.opts.Nodes.Island(res.Island)
+	if !ok {
+		c.log.Warn("proxy: directory names an island that is not configured", "user", lookup, "island", res.Island)
+		return nil, fmt.Errorf("%w: island %q is not configured", ErrNoNode, res.Island)
+	}
+	r := &Route{User: lookup, NodeUser: nodeUser, Island: res.Island, ClientAddr: set.ClientAddr, NodeTLS: set.NodeTLS, TLSConfig: set.TLSConfig, Stale: res.Stale}
+	type scored struct {
+		n     NodeInfo
+		score uint64
+	}
+	var cands []scored
+	for _, n := range c.opts.Nodes.Nodes(service, res.Island) {
+		if n.Healthy {
+			cands = append(cands, scored{n, rendezvous(lookup, n.Name)})
+		}
+	}
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("%w %q", ErrNoNode, res.Island)
+	}
+	slices.SortFunc(cands, func(a, b scored) int { return cmp.Compare(b.score, a.score) })
+	for _, s := range cands {
+		r.Nodes = append(r.Nodes, Node{Name: s.n.Name, Addr: s.n.Addr})
+	}
+	return r, nil
+}
+
+// rendezvous is the highest-random-weight score of (user, node).
+func rendezvous(user, node string) uint64 {
+	h := sha256.New()
+	h.Write([]byte(user))
+	h.Write([]byte{0})
+	h.Write([]byte(node))
+	var sum [32]byte
+	return binary.BigEndian.Uint64(h.Sum(sum[:0]))
+}
+
+// Dial connects to a node for a session from client: from the next
+// source address, with the PROXY v2 header when the island wants the
+// client's address that way, and TLS when the island's nodes speak
+// implicit TLS. STARTTLS toward the node is the handler's job.
+func (c *Core) Dial(ctx context.Context, r *Route, n Node, client, vip netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{Timeout: c.opts.DialTimeout, KeepAlive: 30 * time.Second}
+	if src := c.source(n.Addr.Addr()); src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	conn, err := d.DialContext(ctx, "tcp", n.Addr.String())
+	if err != nil {
+		c.obs.DialFailed(n.Name)
+		return nil, fmt.Errorf("proxy: dial %s (%v): %w", n.Name, n.Addr, err)
+	}
+	if r.ClientAddr == ClientAddrProxy {
+		hdr := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(client), net.TCPAddrFromAddrPort(vip))
+		if _, err := hdr.WriteTo(conn); err != nil {
+			conn.Close()
+			c.obs.DialFailed(n.Name)
+			return nil, fmt.Errorf("proxy: PROXY header to %s: %w", n.Name, err)
+		}
+	}
+	if r.NodeTLS == NodeTLSImplicit {
+		tc := tls.Client(conn, c.nodeTLS(r, n))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			c.obs.DialFailed(n.Name)
+			return nil, fmt.Errorf("proxy: TLS to %s: %w", n.Name, err)
+		}
+		return tc, nil
+	}
+	return conn, nil
+}
+
+// NodeTLS returns the TLS config to use toward node n (STARTTLS).
+func (c *Core) NodeTLS(r *Route, n Node) *tls.Config { return c.nodeTLS(r, n) }
+
+func (c *Core) nodeTLS(r *Route, n Node) *tls.Config {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if r.TLSConfig != nil {
+		tc = r.TLSConfig.Clone()
+	}
+	if tc.ServerName == "" {
+		tc.ServerName = n.Name
+	}
+	return tc
+}
+
+// source picks the next local address of the node's family.
+func (c *Core) source(dst netip.Addr) netip.Addr {
+	var fam []netip.Addr
+	for _, a := range c.opts.SourceAddrs {
+		if a.Is4() == dst.Is4() {
+			fam = append(fam, a)
+		}
+	}
+	if len(fam) == 0 {
+		return netip.Addr{}
+	}
+	return fam[c.srcNext.Add(1)%uint64(len(fam))]
+}
+
+// LoginResult records the outcome of a login attempt (metrics).
+func (c *Core) LoginResult(protocol, result string) { c.obs.Login(protocol, result) }
+
+// LoginFailed records a failed login from client and returns how long
+// to wait before answering it: nothing below the threshold, then a delay
+// that doubles with each further failure, up to the maximum. Other
+// clients are not slowed. Delayed failures are logged with the address:
+// DBMail nodes never see it, atoll is the only place to stop guessing.
+func (c *Core) LoginFailed(client netip.Addr, user string) time.Duration {
+	d := c.throttle.fail(client, time.Now())
+	if d > 0 {
+		c.obs.Throttled(client)
+		c.log.Warn("proxy: failed logins from one address, answers delayed", "client", client, "user", user, "delay", d)
+	}
+	return d
+}
+
+// LoginSucceeded clears nothing (a correct password does not forgive
+// guessing), but is the hook a future policy would use.
+func (c *Core) LoginSucceeded(netip.Addr) {}
+
+// RecordCaps remembers the capabilities a node announced after login;
+// IslandCaps returns those every recorded node of island offers.
+func (c *Core) RecordCaps(island, node string, caps []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.caps[island+"/"+node] = slices.Clone(caps)
+}
+
+// IslandCaps returns the capabilities common to every node of island
+// whose capabilities were recorded, or nil if none was.
+func (c *Core) IslandCaps(island string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	first := true
+	for k, caps := range c.caps {
+		if len(k) <= len(island) || k[:len(island)+1] != island+"/" {
+			continue
+		}
+		if first {
+			out = slices.Clone(caps)
+			first = false
+			continue
+		}
+		out = slices.DeleteFunc(out, func(c string) bool { return !slices.Contains(caps, c) })
+	}
+	return out
+}
+
+// acquire counts a connection from client; false when over the cap.
+func (c *Core) acquire(client netip.Addr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opts.MaxConnsPerSource > 0 && c.sources[client] >= c.opts.MaxConnsPerSource {
+		return false
+	}
+	c.sources[client]++
+	return true
+}
+
+func (c *Core) release(client netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sources[client]--; c.sources[client] <= 0 {
+		delete(c.sources, client)
+	}
+}
+
+// Relay copies bytes both ways between the logged-in client and node
+// until either side is done, then closes both. pendingUp are bytes the
+// handler already read from the client past the login (pipelined
+// commands) and pendingDown bytes it read from the node past the login
+// answer; they are delivered first. With plain TCP on both sides the
+// copies are splice(2) (io.Copy between *net.TCPConn). A half-close is
+// passed on: when one side stops sending, the other side's write half is
+// shut and the copy the other way goes on until it ends too.
+func (c *Core) Relay(protocol string, client, node net.Conn, pendingUp, pendingDown []byte) {
+	var up, down int64
+	if len(pendingUp) > 0 {
+		n, _ := node.Write(pendingUp)
+		up += int64(n)
+	}
+	if len(pendingDown) > 0 {
+		n, _ := client.Write(pendingDown)
+		down += int64(n)
+	}
+	client.SetDeadline(time.Time{})
+	node.SetDeadline(time.Time{})
+	act := &activity{idle: c.limits.IdleTimeout}
+	act.touch()
+	done := make(chan int64, 1)
+	go func() { done <- pipe(node, client, act) }()
+	down += pipe(client, node, act)
+	up += <-done
+	client.Close()
+	node.Close()
+	c.obs.Relayed(protocol, up, down)
+}
+
+// activity is the last time bytes moved either way, for the idle timeout.
+type activity struct {
+	idle time.Duration
+	last atomic.Int64
+}
+
+func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
+
+func (a *activity) idleFor() time.Duration { return time.Since(time.Unix(0, a.last.Load())) }
+
+// pipe copies src to dst, then half-closes dst (or closes it). With an
+// idle timeout it copies in chunks so the read deadline can move (each
+// chunk is still a splice between TCP sockets), and gives up only when
+// neither direction moved for the whole timeout.
+func pipe(dst, src net.Conn, act *activity) int64 {
+	var n int64
+	if act.idle > 0 {
+		for {
+			src.SetReadDeadline(time.Now().Add(act.idle))
+			m, err := io.Copy(dst, &io.LimitedReader{R: src, N: 1 << 20})
+			n += m
+			if m > 0 {
+				act.touch()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && act.idleFor() < act.idle {
+				continue // the other direction is alive
+			}
+			if err != nil || m == 0 {
+				break
+			}
+		}
+	} else {
+		n, _ = io.Copy(dst, src)
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err == nil {
+			return n
+		}
+	}
+	dst.Close()
+	return n
+}
+
+// errClosed is returned when the server shuts down.
+var errClosed = errors.New("proxy: server closed")

@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Listener is one proxy listener: a socket, a service and a protocol.
+type Listener struct {
+	Service string
+	Handler Handler
+	// TLS: implicit TLS (993, 995); the core's ServerTLS is used.
+	TLS bool
+	// Protocol names the handler's protocol in metrics ("imap", "pop3").
+	Protocol string
+	// Refuse is what to send a client over its address's connection cap
+	// before closing (e.g. "* BYE Too many connections\r\n").
+	Refuse string
+}
+
+// Serve accepts connections on ln until ctx is done, handing each to the
+// listener's handler. It returns after every session started here ended
+// or was cut at ctx's end.
+func (c *Core) Serve(ctx context.Context, ln net.Listener, l Listener) error {
+	if l.TLS && c.opts.ServerTLS == nil {
+		return errors.New("proxy: implicit-TLS listener without a certificate")
+	}
+	var wg sync.WaitGroup
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		client := addrPort(conn.RemoteAddr())
+		if !c.acquire(client.Addr()) {
+			c.log.Warn("proxy: connection cap per source reached", "client", client.Addr(), "service", l.Service)
+			conn.SetWriteDeadline(time.Now().Add(time.Second))
+			conn.Write([]byte(l.Refuse))
+			conn.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.release(client.Addr())
+			c.serveConn(ctx, conn, l, client)
+		}()
+	}
+}
+
+func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client netip.AddrPort) {
+	defer conn.Close()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(time.Minute)
+	}
+	s := &Session{
+		Conn: conn, Client: client, Local: addrPort(conn.LocalAddr()), Service: l.Service, Core: c,
+		Log: c.log.With("service", l.Service, "client", client),
+	}
+	if l.TLS {
+		s.Conn = tls.Server(conn, c.opts.ServerTLS)
+		s.TLS = true
+	}
+	// The session is cut when the server stops.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(sctx, func() { s.Conn.Close() })
+	defer stop()
+	c.obs.Session(l.Protocol, 1)
+	defer c.obs.Session(l.Protocol, -1)
+	l.Handler.Serve(sctx, s)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
