@@ -7,7 +7,7 @@ BIN := bin/atoll
 PKGS := ./...
 GENERATED := bpf/*_bpfel.go bpf/*_bpfel.o
 
-.PHONY: all deps generate check-generated build test test-quick bench run stop lint fmt clean
+.PHONY: all deps generate check-generated build test test-quick fuzz bench run stop lint fmt clean
 
 all: build
 
@@ -31,9 +31,21 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
-# Every test, as CI runs it.
+# Every test, as CI runs it, then each fuzz target for a short while.
 test: deps check-generated build lint
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=10s
+
+# Fuzz targets (seed corpora also run as plain tests).
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./userspace/proxy/imap:FuzzCommand ./userspace/proxy/pop3:FuzzCommand \
+	./userspace/config:FuzzParse ./bpf/packet:FuzzParse
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # Inner loop: no generate, no race detector, no lint.
 test-quick:

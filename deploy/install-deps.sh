@@ -9,6 +9,7 @@ packages=(
 	iproute2 ethtool tcpdump        # namespaces, offloads, captures
 	iputils-ping curl python3 openssl
 	dovecot-imapd dovecot-pop3d dovecot-lmtpd   # deploy/lab/peer: real IMAP/POP3/LMTP nodes
+	slapd ldap-utils                # deploy/lab/peer: private LDAP directory
 )
 
 missing=()
@@ -27,6 +28,9 @@ if ((${#missing[@]})); then
 		made_policy=1
 		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
+	# slapd: install the binaries only; without this its postinst builds a
+	# system database under /etc/ldap/slapd.d (private instances use their own).
+	echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	if [[ -n $made_policy ]]; then

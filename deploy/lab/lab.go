@@ -45,8 +45,14 @@ var (
 type Config struct {
 	// Prefix starts every namespace name ("atl" if empty).
 	Prefix string
-	// Nodes is the number of nodes (default 2), node-a1, node-a2, ...
+	// Nodes is the number of nodes per island (default 2): node-a1,
+	// node-a2, … in island a, node-b1, … in island b.
 	Nodes int
+	// Islands is the number of islands (default 1): a, b, c, …
+	Islands int
+	// Servers adds a host for directory servers (slapd) on the server
+	// segment: ServerV4 / ServerV6.
+	Servers bool
 	// LBMTU is the MTU of the LB host's link; the default 1600 leaves room
 	// for the tunnel header. The client's link is always 1500.
 	LBMTU int
@@ -57,9 +63,16 @@ type Config struct {
 	NoBalancer bool
 }
 
+// ServerV4 and ServerV6 are the addresses of the servers host.
+var (
+	ServerV4 = netip.MustParsePrefix("198.51.100.30/24")
+	ServerV6 = netip.MustParsePrefix("2001:db8:1::30/64")
+)
+
 // Node is one mail-store node.
 type Node struct {
 	Name   string
+	Island string
 	ID     uint32 // backend id
 	NS     *netns.NS
 	V4, V6 netip.Addr
@@ -76,6 +89,8 @@ type Lab struct {
 	LBIfindex int
 	Balancer  *dataplane.Balancer
 	Nodes     []*Node
+	// Servers is the directory servers' host (Config.Servers), or nil.
+	Servers *netns.NS
 
 	closers []func() error
 }
@@ -86,7 +101,7 @@ func (l *Lab) Namespaces() []string {
 	if l.Segment != nil {
 		names = append(names, l.Segment.NS.Name)
 	}
-	for _, ns := range []*netns.NS{l.Client, l.LB} {
+	for _, ns := range []*netns.NS{l.Client, l.LB, l.Servers} {
 		if ns != nil {
 			names = append(names, ns.Name)
 		}
@@ -141,8 +156,11 @@ func New(cfg Config) (_ *Lab, err error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = 2
 	}
-	if cfg.Nodes > 200 {
-		return nil, fmt.Errorf("lab: %d nodes is more than the addressing allows", cfg.Nodes)
+	if cfg.Islands == 0 {
+		cfg.Islands = 1
+	}
+	if cfg.Islands > 26 || cfg.Nodes*cfg.Islands > 18 {
+		return nil, fmt.Errorf("lab: %d islands of %d nodes is more than the addressing allows", cfg.Islands, cfg.Nodes)
 	}
 	if cfg.LBMTU == 0 {
 		cfg.LBMTU = 1600
@@ -163,8 +181,21 @@ func New(cfg Config) (_ *Lab, err error) {
 	if err := l.newLB(cfg); err != nil {
 		return nil, err
 	}
-	for i := range cfg.Nodes {
-		if err := l.newNode(cfg.Prefix, i); err != nil {
+	for isl := range cfg.Islands {
+		for i := range cfg.Nodes {
+			if err := l.newNode(cfg.Prefix, isl, i, len(l.Nodes)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if cfg.Servers {
+		if l.Servers, err = l.host(cfg.Prefix + "-srv"); err != nil {
+			return nil, err
+		}
+		if _, err := l.Segment.Attach(l.Servers, "eth0", 1600, ServerV4, ServerV6); err != nil {
+			return nil, err
+		}
+		if err := l.Servers.DisableOffloads("eth0"); err != nil {
 			return nil, err
 		}
 	}
@@ -252,15 +283,17 @@ func (l *Lab) newLB(cfg Config) (err error) {
 
 // newNode: VIPs on lo, no ARP answers for them, routes to the clients
 // on-link (replies bypass the LB), decap.c accepting the LB's tunnels.
-func (l *Lab) newNode(prefix string, i int) error {
+func (l *Lab) newNode(prefix string, island, i, global int) error {
+	isl := string(rune('a' + island))
 	n := &Node{
-		Name: fmt.Sprintf("node-a%d", i+1),
-		ID:   uint32(i + 1),
-		V4:   netip.AddrFrom4([4]byte{198, 51, 100, byte(11 + i)}),
-		V6:   netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(0x11 + i)}),
+		Name:   fmt.Sprintf("node-%s%d", isl, i+1),
+		Island: isl,
+		ID:     uint32(global + 1),
+		V4:     netip.AddrFrom4([4]byte{198, 51, 100, byte(11 + global)}),
+		V6:     netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(0x11 + global)}),
 	}
 	var err error
-	if n.NS, err = l.host(fmt.Sprintf("%s-a%d", prefix, i+1)); err != nil {
+	if n.NS, err = l.host(fmt.Sprintf("%s-%s%d", prefix, isl, i+1)); err != nil {
 		return err
 	}
 	if _, err := l.Segment.Attach(n.NS, "eth0", 1600, netip.PrefixFrom(n.V4, 24), netip.PrefixFrom(n.V6, 64)); err != nil {

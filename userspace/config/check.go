@@ -83,12 +83,16 @@ func (p *parser) run() *Config {
 	c.health(raw.Health)
 	c.metrics(raw.Metrics)
 	c.api(raw.API)
+	c.proxy(raw.Proxy)
+	c.directory(raw.Directory)
 	c.islands(raw.Islands)
 	c.services(raw.Services)
 	c.limits()
 	c.addressClashes()
 	c.ringSize()
 	c.tunnelSources()
+	c.loginServices()
+	c.proxySources()
 	return c.cfg
 }
 
@@ -107,6 +111,10 @@ type checker struct {
 	islandLine map[string]int
 	isl        []islandMeta // parallel to cfg.Islands
 	svc        []serviceMeta
+
+	proxyTLSSet    bool // proxy.tls names a file (fine or not)
+	proxyTLSKnown  bool // proxy.tls could be read
+	proxySourcesOK bool // proxy.source_addresses are valid
 }
 
 type islandMeta struct {
@@ -124,9 +132,13 @@ type serviceMeta struct {
 	path      path
 	vipsOK    bool
 	portOK    bool
+	protoOK   bool
 	routingOK bool
 	fwdOK     bool
 	islandOK  bool // Island names a defined island (routing island)
+	// loginIsland: routing login with an island, so which routing is
+	// meant is unclear and what login needs is not checked.
+	loginIsland bool
 }
 
 func (c *checker) dataplane(r *rawDataplane) {
@@ -367,7 +379,7 @@ func (c *checker) islands(raws []rawIsland) {
 	addrNode := map[netip.Addr]string{}
 	for k, r := range raws {
 		ip := pa.add(idx[k])
-		isl := Island{Name: r.Name, Line: c.line(ip)}
+		isl := Island{Name: r.Name, Proxy: c.islandProxy(r.Proxy, ip.add("proxy")), Line: c.line(ip)}
 		meta := islandMeta{path: ip}
 		switch np := ip.add("name"); {
 		case c.bad(np):
@@ -564,7 +576,6 @@ func (c *checker) service(r rawService, sp path, nameLine map[string]int) (Servi
 		s.VIPs, meta.vipsOK = c.addrList(r.VIPs, vp, who, "VIP", "vips", "the service's IPv4 and/or IPv6 VIP")
 	}
 
-	protoOK := false
 	switch pp := field("protocol"); {
 	case c.bad(pp):
 	case r.Protocol == "":
@@ -572,7 +583,7 @@ func (c *checker) service(r rawService, sp path, nameLine map[string]int) (Servi
 	case !slices.Contains(protocols, r.Protocol):
 		c.errorf(c.line(pp), "%s: protocol %q is not known; use one of %s", who, r.Protocol, strings.Join(protocols, ", "))
 	default:
-		protoOK = true
+		meta.protoOK = true
 	}
 
 	portp := field("port")
@@ -583,7 +594,7 @@ func (c *checker) service(r rawService, sp path, nameLine map[string]int) (Servi
 	case r.Port != nil:
 		s.Port = *r.Port
 		meta.portOK = true
-	case !protoOK:
+	case !meta.protoOK:
 	case r.Protocol == ProtoTCP:
 		c.errorf(s.Line, "%s: port is missing; a tcp service has no default port: write the VIP's port under port:", who)
 	default:
@@ -616,6 +627,7 @@ func (c *checker) service(r rawService, sp path, nameLine map[string]int) (Servi
 	if ip := field("island"); meta.routingOK && !c.bad(ip) {
 		switch {
 		case s.Routing == RouteLogin && r.Island != "":
+			meta.loginIsland = true
 			c.errorf(c.line(ip), "%s: island: a login service has no island (it is known after login); remove island: %s, or set routing: island", who, r.Island)
 		case s.Routing == RouteIsland && r.Island == "":
 			c.errorf(s.Line, "%s: island is missing; routing island needs the island that serves this VIP%s, or set routing: login", who, c.islandChoices(" (", ")"))
@@ -654,7 +666,7 @@ func (c *checker) service(r rawService, sp path, nameLine map[string]int) (Servi
 	case c.bad(cp):
 	case rh.Check != "" && !slices.Contains(checks, rh.Check):
 		c.errorf(c.line(cp), "%s: health.check %q is not known; use one of %s", who, rh.Check, strings.Join(checks, ", "))
-	case !protoOK:
+	case !meta.protoOK:
 	case r.Protocol != ProtoTCP && s.Health.Check != CheckTCP && s.Health.Check != defaultChecks[r.Protocol]:
 		c.errorf(c.line(cp), "%s: health.check %s does not fit protocol %s; use check: %s or tcp", who, s.Health.Check, r.Protocol, defaultChecks[r.Protocol])
 	default:

@@ -1,6 +1,6 @@
 // Package config reads atoll's one YAML configuration file: the data plane,
-// health checks, metrics, the API socket, the islands and their nodes, and
-// the services.
+// health checks, metrics, the API socket, the login proxy and the directory
+// it finds users' islands in, the islands and their nodes, and the services.
 //
 // A file is decoded strictly (unknown keys and wrong types are errors) and
 // validated as a whole before anything uses it. A bad file is refused with
@@ -80,6 +80,25 @@ const (
 	TLSStartTLS = "starttls"
 )
 
+// How an island's nodes learn the client's address from the proxy
+// (islands[].proxy.client_address).
+const (
+	// ClientAddrNone tells the node nothing: it sees the proxy's address.
+	ClientAddrNone = "none"
+	// ClientAddrProxy sends a PROXY protocol v2 header first.
+	ClientAddrProxy = "proxy_protocol"
+	// ClientAddrID sends the IMAP ID x-originating-ip and -port fields.
+	ClientAddrID = "imap_id"
+)
+
+// The name the proxy logs in to a node with (directory.names.node_login).
+const (
+	// NodeLoginKeep logs in with the whole (normalised) name.
+	NodeLoginKeep = "keep"
+	// NodeLoginStrip logs in with the part before the '@'.
+	NodeLoginStrip = "strip"
+)
+
 // Config is a whole, validated configuration file with every default
 // filled in.
 type Config struct {
@@ -93,6 +112,11 @@ type Config struct {
 	Metrics Metrics
 	// API is the api section.
 	API API
+	// Proxy is the proxy section; it has its defaults when absent.
+	Proxy Proxy
+	// Directory is the directory section (see HasDirectory); its Names
+	// have their defaults when absent.
+	Directory Directory
 	// Islands are the islands in file order.
 	Islands []Island
 	// Services are the services in file order.
@@ -169,14 +193,154 @@ type API struct {
 	Line int
 }
 
+// Proxy is the login proxy: it serves the services with routing login
+// (imap, imaps, pop3, pop3s), finds each user's island in the directory and
+// relays the session to a node of that island.
+type Proxy struct {
+	// Hostname is the name in greetings: the machine's host name when not
+	// written ("atoll" if it cannot be had).
+	Hostname string
+	// TLS is the certificate offered to clients.
+	TLS ProxyTLS
+	// RequireTLS refuses logins before TLS (IMAP LOGINDISABLED); it is
+	// only true with TLS set.
+	RequireTLS bool
+	// PreLoginTimeout is how long a client may be idle before it logs in
+	// (1s to 1h).
+	PreLoginTimeout time.Duration
+	// IdleTimeout closes a session idle this long after login; 0: never
+	// (the node's own timeouts apply). Otherwise at least 30m.
+	IdleTimeout time.Duration
+	// MaxLine is the longest command line before login, in bytes.
+	MaxLine int
+	// MaxLiteral is the longest IMAP literal before login, in bytes.
+	MaxLiteral int
+	// MaxBadCommands is the number of bad commands that close a connection.
+	MaxBadCommands int
+	// MaxLoginTries is the number of failed logins that close a connection.
+	MaxLoginTries int
+	// MaxConnectionsPerSource caps the connections from one client
+	// address; -1: no cap.
+	MaxConnectionsPerSource int
+	// AuthThrottle delays the answers to clients that fail to log in.
+	AuthThrottle AuthThrottle
+	// SourceAddresses are the local addresses the proxy dials nodes from,
+	// in turn; empty: the kernel picks one.
+	SourceAddresses []netip.Addr
+	// DialTimeout bounds the connection to a node.
+	DialTimeout time.Duration
+	// Line is the line of the proxy key (0: the section is absent).
+	Line int
+}
+
+// ProxyTLS is the proxy's certificate for clients: both files set, or
+// neither (no TLS toward clients).
+type ProxyTLS struct {
+	// CertFile is the PEM certificate (chain); "" when there is no TLS.
+	CertFile string
+	// KeyFile is the PEM private key of CertFile; "" when there is no TLS.
+	KeyFile string
+}
+
+// AuthThrottle is the failed-login throttle, per client address: after
+// Threshold failures within Window, each answer to a failed login waits
+// BaseDelay, doubled on every further failure up to MaxDelay.
+type AuthThrottle struct {
+	// Threshold is the number of failures before delays start; -1 turns
+	// the throttle off.
+	Threshold int
+	// Window is how long a failure counts.
+	Window time.Duration
+	// BaseDelay is the first delay.
+	BaseDelay time.Duration
+	// MaxDelay is the longest delay (at least BaseDelay).
+	MaxDelay time.Duration
+}
+
+// Directory is where the proxy finds users' islands: a static map or LDAP.
+type Directory struct {
+	// Static is the absolute path of the static map, or "".
+	Static string
+	// LDAP is the LDAP directory, or nil.
+	LDAP *LDAP
+	// Names are the rules user names are normalised with; they have their
+	// defaults even when the section is absent.
+	Names Names
+	// Line is the line of the directory key (0: the section is absent).
+	Line int
+}
+
+// LDAP is an LDAP directory: a user's island is the value of Attribute in
+// the entry Filter finds under BaseDN.
+type LDAP struct {
+	// URLs are the servers, ldap:// or ldaps://, tried in turn (1 to 8).
+	URLs []string
+	// StartTLS upgrades ldap:// connections with StartTLS.
+	StartTLS bool
+	// CAFile is a PEM bundle to verify the servers with; "" uses the
+	// system roots.
+	CAFile string
+	// InsecureSkipVerify skips the verification of the servers'
+	// certificates.
+	InsecureSkipVerify bool
+	// BindDN is the DN to bind as; "" binds anonymously.
+	BindDN string
+	// PasswordFile holds the password of BindDN ("" without BindDN).
+	PasswordFile string
+	// BaseDN is where users are searched.
+	BaseDN string
+	// Filter finds a user's entry; %u is the whole name, %n the part
+	// before '@', %d the domain, %% a '%'.
+	Filter string
+	// Attribute holds the island's name in the user's entry.
+	Attribute string
+	// Timeout bounds one request to a server.
+	Timeout time.Duration
+	// PoolSize is the number of connections kept per server.
+	PoolSize int
+	// PositiveTTL is how long a found island is cached; 0: not at all.
+	PositiveTTL time.Duration
+	// NegativeTTL is how long an unknown user is cached; 0: not at all.
+	NegativeTTL time.Duration
+	// StaleTTL is how long past its TTL an entry may still be served
+	// while no server answers; 0: never.
+	StaleTTL time.Duration
+}
+
+// Names are the rules user names go through before the lookup.
+type Names struct {
+	// Lowercase lowers the name first (default true).
+	Lowercase bool
+	// DefaultDomain is appended, after an '@', to names without one; ""
+	// appends nothing.
+	DefaultDomain string
+	// NodeLogin is NodeLoginKeep or NodeLoginStrip.
+	NodeLogin string
+}
+
 // Island is a group of nodes that hold the same mailboxes.
 type Island struct {
 	// Name is unique among islands.
 	Name string
+	// Proxy is how the proxy reaches the island's nodes.
+	Proxy IslandProxy
 	// Nodes are the island's nodes in file order (at least one).
 	Nodes []Node
 	// Line is the line of the island's entry.
 	Line int
+}
+
+// IslandProxy is how the proxy talks to an island's nodes.
+type IslandProxy struct {
+	// ClientAddress is how a node learns the client's address: one of the
+	// ClientAddr* constants. With ClientAddrProxy the node expects a PROXY
+	// v2 header on every connection, so the proxy's health checks of the
+	// island's nodes send a PROXY v2 LOCAL header first.
+	ClientAddress string
+	// TLS is the TLS toward the nodes: TLSNone, TLSStartTLS or
+	// TLSImplicit, verified with health.tls's ca_file and
+	// insecure_skip_verify.
+	TLS string
 }
 
 // Node is one mail server.
@@ -187,8 +351,11 @@ type Node struct {
 	Addresses []netip.Addr
 	// Weight is the node's share in Maglev; 0 drains it.
 	Weight uint32
-	// Ports maps a protocol name to the port used to reach the node's own
-	// address for that protocol (health checks, the proxy); never nil.
+	// Ports maps a protocol name to the port the proxy uses to reach the
+	// node for that protocol; the health checks made at the node's own
+	// address use it too. Without an entry, the service's port is used.
+	// The DSR services always use the VIP's port (the data plane keeps
+	// it). Never nil.
 	Ports map[string]uint16
 	// Line is the line of the node's entry.
 	Line int
@@ -284,6 +451,22 @@ func (c *Config) IslandByName(name string) *Island {
 		}
 	}
 	return nil
+}
+
+// HasDirectory says whether a directory is configured (static or LDAP).
+func (c *Config) HasDirectory() bool {
+	return c.Directory.Static != "" || c.Directory.LDAP != nil
+}
+
+// LoginServices returns the services with routing login, in file order.
+func (c *Config) LoginServices() []*Service {
+	var out []*Service
+	for i := range c.Services {
+		if c.Services[i].Routing == RouteLogin {
+			out = append(out, &c.Services[i])
+		}
+	}
+	return out
 }
 
 // NodeByName returns the node called name and its island, or nil, nil.

@@ -73,6 +73,7 @@ type badCase struct {
 }
 
 func badCases(t testing.TB) []badCase {
+	fx := makeFiles(t)
 	manyIslands := func() string {
 		var b strings.Builder
 		b.WriteString("dataplane: {interfaces: [eth0], source_v4: 198.51.100.1}\nislands: #<\n")
@@ -88,7 +89,7 @@ func badCases(t testing.TB) []badCase {
 		b.WriteString("islands:\n  - {name: a, nodes: [{name: n1, addresses: [198.51.100.11]}]}\n")
 		b.WriteString("services: #<\n")
 		for i := range 129 {
-			fmt.Fprintf(&b, "  - {name: s%d, vips: [203.0.113.%d, '2001:db8:f::%x'], port: %d, protocol: tcp, forwarding: ipip, routing: login}\n", i, i%200+1, i+1, 1000+i)
+			fmt.Fprintf(&b, "  - {name: s%d, vips: [203.0.113.%d, '2001:db8:f::%x'], port: %d, protocol: tcp, forwarding: ipip, island: a}\n", i, i%200+1, i+1, 1000+i)
 		}
 		return b.String()
 	}
@@ -115,7 +116,7 @@ func badCases(t testing.TB) []badCase {
 		}
 		return b.String()
 	}
-	return []badCase{
+	cases := []badCase{
 		{"empty file", "", 1, "the file is empty"},
 		{"only comments", "# nothing here\n", 1, "the file is empty"},
 		{"null document", "---\n~\n", 2, "the file is empty"},
@@ -203,7 +204,7 @@ func badCases(t testing.TB) []badCase {
 		{"starttls on imaps", edit(t, "    protocol: imap\n", "    protocol: imaps\n    health:\n      tls: starttls #<\n"), 0, "starttls does not fit protocol imaps"},
 		{"implicit on imap", edit(t, "    island: a\n", "    island: a\n    health: {tls: implicit} #<\n"), 0, "implicit does not fit protocol imap"},
 		{"plain check on imaps", edit(t, "    protocol: imap\n", "    protocol: imaps\n    health: {tls: none} #<\n"), 0, "health.tls none does not fit protocol imaps"},
-		{"through_vip on login", edit(t, "    island: a\n", "    routing: login\n    health:\n      through_vip: true #<\n"), 0, "health.through_vip cannot be true for routing login"},
+		{"through_vip on login", edit(t, "    island: a\n", "    routing: login\n    health:\n      through_vip: true #<\n") + "directory: {static: " + fx.static + "}\n", 0, "health.through_vip cannot be true for routing login"},
 		{"through_vip without data plane", edit(t, "  interfaces: [eth0]\n", "  mode: none\n") + "    health: {through_vip: true} #<\n", 0, "dataplane.mode is none"},
 		{"ipip without source_v4", edit(t, "  source_v4: 198.51.100.1\n", "  source_v6: 2001:db8:1::1\n"), 12, "service imap-a: ipip reaches nodes n1 (198.51.100.11), n2 (198.51.100.12) over IPv4, but dataplane.source_v4 is not set"},
 		{"too many islands", manyIslands(), 0, "islands: 65 islands are defined; the data plane holds at most 64"},
@@ -211,6 +212,7 @@ func badCases(t testing.TB) []badCase {
 		{"too many island backends", islandBackends(), 0, "services: the island services need 4400 backends (one per VIP and node of the island); the data plane holds at most 4096"},
 		{"too many backends", manyBackends(), 0, "the nodes have 4098 addresses in all; the data plane holds at most 4096 backends"},
 	}
+	return append(cases, loginBadCases(t, fx)...)
 }
 
 func TestBadFiles(t *testing.T) {
@@ -388,7 +390,8 @@ services:
 	text2 := strings.Replace(text, "  interfaces: [eth0]\n", "  mode: none\n", 1) +
 		"  - {name: p, vips: [203.0.113.10], protocol: pop3, forwarding: l2dsr, routing: login}\n" +
 		"  - {name: l, vips: [203.0.113.10], protocol: lmtp, forwarding: l2dsr, island: a}\n" +
-		"health:\n  interval: 5s\n  timeout: 2s\n"
+		"health:\n  interval: 5s\n  timeout: 2s\n" +
+		"directory: {static: " + makeFiles(t).static + "}\n"
 	cfg, err = Parse("atoll.yaml", []byte(text2))
 	if err != nil {
 		t.Fatal(err)
@@ -464,6 +467,72 @@ func TestExample(t *testing.T) {
 	}
 	if s := byName["imaps-b"]; s.Port != 993 || s.VIPs[1] != netip.MustParseAddr("2001:db8:f::12") || s.Health.TLS != TLSImplicit {
 		t.Errorf("imaps-b: %+v", s)
+	}
+
+	p := cfg.Proxy
+	if p.Hostname != "mail.example.org" || p.TLS != (ProxyTLS{}) || p.RequireTLS || p.PreLoginTimeout != time.Minute ||
+		p.IdleTimeout != 0 || p.MaxConnectionsPerSource != 50 || p.AuthThrottle.MaxDelay != 30*time.Second ||
+		len(p.SourceAddresses) != 1 || p.SourceAddresses[0] != netip.MustParseAddr("198.51.100.1") || p.DialTimeout != 5*time.Second || p.Line == 0 {
+		t.Errorf("proxy: %+v", p)
+	}
+	dir := cfg.Directory
+	if !cfg.HasDirectory() || dir.Static != "" || dir.LDAP == nil || dir.Names != (Names{Lowercase: true, NodeLogin: NodeLoginKeep}) {
+		t.Fatalf("directory: %+v", dir)
+	}
+	if l := dir.LDAP; len(l.URLs) != 2 || l.URLs[1] != "ldaps://198.51.100.31" || l.BindDN != "" || l.PasswordFile != "" ||
+		l.Filter != "(|(uid=%u)(mail=%u))" || l.Attribute != "mailIsland" || l.StaleTTL != time.Hour {
+		t.Errorf("ldap: %+v", l)
+	}
+	for _, isl := range cfg.Islands {
+		if isl.Proxy != (IslandProxy{ClientAddress: ClientAddrNone, TLS: TLSNone}) {
+			t.Errorf("island %s proxy: %+v", isl.Name, isl.Proxy)
+		}
+	}
+	var login []string
+	for _, s := range cfg.LoginServices() {
+		login = append(login, s.Name)
+	}
+	if strings.Join(login, " ") != "imap pop3 lmtp" {
+		t.Errorf("login services: %v", login)
+	}
+}
+
+// The example's commented alternatives load too: a static directory, an
+// LDAP bind with a password file, and TLS for clients.
+func TestExampleAlternatives(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/atoll.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := makeFiles(t)
+	text := string(data)
+	for _, r := range [][2]string{
+		{"  # tls:\n  #   cert_file: /etc/atoll/proxy.crt\n  #   key_file: /etc/atoll/proxy.key\n", "  tls:\n    cert_file: " + fx.cert + "\n    key_file: " + fx.key + "\n"},
+		{"  require_tls: false\n", "  require_tls: true\n"},
+		{"    # bind_dn: cn=atoll,dc=example,dc=org\n    # password_file: /etc/atoll/ldap.secret\n", "    bind_dn: cn=atoll,dc=example,dc=org\n    password_file: " + fx.secret + "\n"},
+	} {
+		text = editText(t, text, r[0], r[1])
+	}
+	cfg, err := Parse("atoll.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Proxy.TLS.KeyFile != fx.key || !cfg.Proxy.RequireTLS || cfg.Directory.LDAP.PasswordFile != fx.secret {
+		t.Errorf("proxy %+v directory %+v", cfg.Proxy, cfg.Directory.LDAP)
+	}
+
+	// A static directory instead of LDAP: the ldap block goes.
+	static := editText(t, string(data), "  # static: /etc/atoll/islands.map\n", "  static: "+fx.static+"\n")
+	start, end := strings.Index(static, "  ldap:\n"), strings.Index(static, "  # What is done to a name")
+	if start < 0 || end < start {
+		t.Fatal("the example's ldap block is not where expected")
+	}
+	cfg, err = Parse("atoll.yaml", []byte(static[:start]+static[end:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Directory.Static != fx.static || cfg.Directory.LDAP != nil {
+		t.Errorf("directory: %+v", cfg.Directory)
 	}
 }
 
@@ -558,7 +627,7 @@ func TestCAFile(t *testing.T) {
 }
 
 // makeTestCert returns a self-signed certificate in PEM.
-func makeTestCert(t *testing.T) []byte {
+func makeTestCert(t testing.TB) []byte {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -615,4 +684,431 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// testFiles are the files the proxy and directory cases point at.
+type testFiles struct {
+	dir      string
+	static   string // an island map (any content)
+	cert     string // a certificate...
+	key      string // ...and its key
+	otherKey string // a key of another certificate
+	ca       string // a CA bundle
+	secret   string // a password
+	empty    string // an empty file
+}
+
+func makeFiles(t testing.TB) testFiles {
+	t.Helper()
+	dir := t.TempDir()
+	fx := testFiles{dir: dir}
+	cert, key := makeTestPair(t)
+	_, otherKey := makeTestPair(t)
+	for _, f := range []struct {
+		dst  *string
+		name string
+		data []byte
+	}{
+		{&fx.static, "islands.map", []byte("example.org a\n")},
+		{&fx.cert, "proxy.crt", cert},
+		{&fx.key, "proxy.key", key},
+		{&fx.otherKey, "other.key", otherKey},
+		{&fx.ca, "ca.pem", makeTestCert(t)},
+		{&fx.secret, "ldap.secret", []byte("s3cret\n")},
+		{&fx.empty, "empty", []byte("\n")},
+	} {
+		*f.dst = filepath.Join(dir, f.name)
+		if err := os.WriteFile(*f.dst, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fx
+}
+
+// makeTestPair returns a self-signed certificate and its key, in PEM.
+func makeTestPair(t testing.TB) (cert, key []byte) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "mail.example.org"},
+		DNSNames:     []string{"mail.example.org"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p8, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p8})
+}
+
+// editText replaces old (which must occur once) in text.
+func editText(t testing.TB, text, old, new string) string {
+	t.Helper()
+	if strings.Count(text, old) != 1 {
+		t.Fatalf("%q does not occur once in:\n%s", old, text)
+	}
+	return strings.Replace(text, old, new, 1)
+}
+
+// frontDoor is a login service, appended to base's services.
+const frontDoor = `  - name: front
+    vips: [203.0.113.20]
+    protocol: imap
+    forwarding: ipip
+    routing: login
+`
+
+// ldapBlock is a valid LDAP directory that the LDAP cases edit.
+const ldapBlock = `directory:
+  ldap:
+    urls: [ldap://198.51.100.30]
+    base_dn: ou=people,dc=example,dc=org
+    filter: (uid=%u)
+    attribute: mailIsland
+`
+
+// loginBase is base with a login front door and a static directory: a
+// valid file the proxy cases add to.
+func loginBase(fx testFiles) string {
+	return base + frontDoor + "directory:\n  static: " + fx.static + "\n"
+}
+
+func TestLoginBaseIsValid(t *testing.T) {
+	fx := makeFiles(t)
+	if _, err := Parse("atoll.yaml", []byte(loginBase(fx))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse("atoll.yaml", []byte(base+frontDoor+ldapBlock)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func loginBadCases(t testing.TB, fx testFiles) []badCase {
+	lb := loginBase(fx)
+	proxy := func(text string) string { return lb + "proxy:\n" + text }
+	dir := func(text string) string { return base + frontDoor + "directory:\n" + text }
+	ldap := func(old, new string) string { return base + frontDoor + editText(t, ldapBlock, old, new) }
+	login := func(proto string) string {
+		return base + editText(t, frontDoor, "    protocol: imap\n", "    protocol: "+proto+"\n") + "directory: {static: " + fx.static + "}\n"
+	}
+	return []badCase{
+		// proxy
+		{"proxy unknown key", proxy("  hostnme: mail.example.org #<\n"), 0, `unknown key "hostnme" in proxy; did you mean "hostname"?`},
+		{"proxy hostname", proxy("  hostname: \"mail example\" #<\n"), 0, `proxy.hostname: "mail example" is not a host name`},
+		{"proxy not a mapping", lb + "proxy: [a] #<\n", 0, "proxy: got a list, but it must be a mapping"},
+		{"proxy cert without key", proxy("  tls: {cert_file: " + fx.cert + "} #<\n"), 0, "proxy.tls: cert_file is set but key_file is not"},
+		{"proxy key without cert", proxy("  tls:\n    cert_file: \"\"\n    key_file: " + fx.key + " #<\n"), 0, "proxy.tls: key_file is set but cert_file is not"},
+		{"proxy relative cert", proxy("  tls:\n    cert_file: proxy.crt #<\n    key_file: " + fx.key + "\n"), 0, `proxy.tls.cert_file: "proxy.crt" is not an absolute path`},
+		{"proxy cert not PEM", proxy("  tls:\n    cert_file: " + fx.static + " #<\n    key_file: " + fx.key + "\n"), 0, "holds no PEM certificate"},
+		{"proxy missing key", proxy("  tls:\n    cert_file: " + fx.cert + "\n    key_file: /nonexistent/proxy.key #<\n"), 0, "proxy.tls.key_file: stat /nonexistent/proxy.key: no such file or directory"},
+		{"proxy key of another cert", proxy("  tls:\n    cert_file: " + fx.cert + "\n    key_file: " + fx.otherKey + " #<\n"), 0, "proxy.tls.key_file: the certificate and key do not load as a pair (tls: private key does not match public key)"},
+		{"proxy cert as key", proxy("  tls:\n    cert_file: " + fx.cert + "\n    key_file: " + fx.cert + " #<\n"), 0, "do not load as a pair"},
+		{"require_tls without tls", proxy("  require_tls: true #<\n"), 0, "proxy.require_tls: true needs proxy.tls"},
+		{"require_tls not a bool", proxy("  require_tls: maybe #<\n"), 0, `proxy.require_tls: got "maybe", but it must be true or false`},
+		{"pre_login_timeout too long", proxy("  pre_login_timeout: 2h #<\n"), 0, "proxy.pre_login_timeout: 2h is out of range; use 1s to 1h"},
+		{"pre_login_timeout without unit", proxy("  pre_login_timeout: 60 #<\n"), 0, "proxy.pre_login_timeout: got 60, but it must be a duration with a unit, such as 60s"},
+		{"idle_timeout too short", proxy("  idle_timeout: 10m #<\n"), 0, "proxy.idle_timeout: 10m is too short: an IMAP client in IDLE"},
+		{"idle_timeout negative", proxy("  idle_timeout: -1h #<\n"), 0, "proxy.idle_timeout: -1h is negative"},
+		{"idle_timeout bare zero", proxy("  idle_timeout: 0 #<\n"), 0, "proxy.idle_timeout: got 0, but it must be a duration with a unit, such as 2h (0s: none"},
+		{"max_line too small", proxy("  max_line: 100 #<\n"), 0, "proxy.max_line: 100 is out of range; use 512 to 1048576"},
+		{"max_line not a number", proxy("  max_line: lots #<\n"), 0, `proxy.max_line: got "lots", but it must be a whole number from 512 to 1048576`},
+		{"max_literal too large", proxy("  max_literal: 2000000 #<\n"), 0, "proxy.max_literal: 2000000 is out of range; use 64 to 1048576"},
+		{"max_bad_commands zero", proxy("  max_bad_commands: 0 #<\n"), 0, "proxy.max_bad_commands: 0 is out of range; use 1 to 1000"},
+		{"max_login_tries too many", proxy("  max_login_tries: 101 #<\n"), 0, "proxy.max_login_tries: 101 is out of range; use 1 to 100"},
+		{"max_connections_per_source zero", proxy("  max_connections_per_source: 0 #<\n"), 0, "proxy.max_connections_per_source: 0 is out of range; use 1 to 100000, or -1 for no cap"},
+		{"threshold -2", proxy("  auth_throttle:\n    threshold: -2 #<\n"), 0, "proxy.auth_throttle.threshold: -2 is out of range; use 1 to 10000, or -1 to turn the throttle off"},
+		{"throttle unknown key", proxy("  auth_throttle:\n    windows: 1m #<\n"), 0, `unknown key "windows" in proxy.auth_throttle; did you mean "window"?`},
+		{"window too long", proxy("  auth_throttle:\n    window: 25h #<\n"), 0, "proxy.auth_throttle.window: 25h is out of range; use 1s to 24h"},
+		{"base_delay too short", proxy("  auth_throttle:\n    base_delay: 5ms #<\n"), 0, "proxy.auth_throttle.base_delay: 5ms is out of range; use 10ms to 1m"},
+		{"max_delay below base_delay", proxy("  auth_throttle:\n    base_delay: 2s\n    max_delay: 1s #<\n"), 0, "proxy.auth_throttle.max_delay: 1s is shorter than base_delay 2s"},
+		{"base_delay above default max_delay", proxy("  auth_throttle:\n    base_delay: 45s #<\n"), 0, "proxy.auth_throttle.base_delay: 45s is longer than max_delay 30s (the default); set max_delay too"},
+		{"max_delay too long", proxy("  auth_throttle:\n    max_delay: 11m #<\n"), 0, "proxy.auth_throttle.max_delay: 11m is too long; use base_delay (1s) to 10m"},
+		{"source address invalid", proxy("  source_addresses: [198.51.100.2, 198.51.100.256] #<\n"), 0, `proxy.source_addresses: "198.51.100.256" is not an IP address`},
+		{"source address twice", proxy("  source_addresses:\n    - 198.51.100.2\n    - 198.51.100.2 #<\n"), 0, "proxy.source_addresses: 198.51.100.2 is listed twice (first at line"},
+		{"source address is a VIP", proxy("  source_addresses: [203.0.113.20] #<\n"), 0, "proxy.source_addresses: 203.0.113.20 is a VIP of service front (line 17)"},
+		{"source address is a node", proxy("  source_addresses: [198.51.100.12] #<\n"), 0, "proxy.source_addresses: 198.51.100.12 is an address of node n2 (line 9)"},
+		{"source addresses not a list", proxy("  source_addresses: 198.51.100.2 #<\n"), 0, `proxy.source_addresses: got "198.51.100.2", but it must be a list, such as [198.51.100.2]`},
+		{"dial_timeout too short", proxy("  dial_timeout: 50ms #<\n"), 0, "proxy.dial_timeout: 50ms is out of range; use 100ms to 1m"},
+
+		// routing login
+		{"login without directory", base + strings.Replace(frontDoor, "  - name: front\n", "  - name: front #<\n", 1), 0, "service front: routing login needs a directory section: the proxy must know which island each user is on"},
+		{"lmtp login without directory", base + "  - {name: mx, vips: [203.0.113.20], protocol: lmtp, forwarding: ipip, routing: login} #<\n", 0, "service mx: routing login needs a directory section"},
+		{"tcp login", base + "  - name: web\n    vips: [203.0.113.20]\n    port: 80\n    protocol: tcp\n    forwarding: ipip\n    routing: login #<\ndirectory: {static: " + fx.static + "}\n", 0, "service web: routing login needs a protocol users log in with"},
+		{"imaps login without proxy tls", login("imaps"), 17, "service front: routing login with protocol imaps needs proxy.tls"},
+		{"pop3s login without proxy tls", login("pop3s"), 17, "routing login with protocol pop3s needs proxy.tls"},
+		{"misspelt tls is not also missing", login("imaps") + "proxy:\n  tsl: {cert_file: " + fx.cert + "} #<\n", 0, `unknown key "tsl" in proxy; did you mean "tls"?`},
+		{"misspelt directory is not also missing", base + frontDoor + "directroy: #<\n  static: " + fx.static + "\n", 0, `unknown key "directroy" at the top level; did you mean "directory"?`},
+
+		// directory
+		{"directory empty", base + frontDoor + "directory: #<\n", 0, "directory: neither static nor ldap is given"},
+		{"directory names only", base + frontDoor + "directory: #<\n  names: {lowercase: false}\n", 0, "directory: neither static nor ldap is given"},
+		{"directory static and ldap", ldap("  ldap:\n", "  static: "+fx.static+"\n  ldap: #<\n"), 0, "directory: static (line 23) and ldap are both given; keep one of them"},
+		{"directory unknown key", dir("  statik: " + fx.static + " #<\n"), 0, `unknown key "statik" in directory; did you mean "static"?`},
+		{"static relative", dir("  static: islands.map #<\n"), 0, `directory.static: "islands.map" is not an absolute path`},
+		{"static missing", dir("  static: /nonexistent/islands.map #<\n"), 0, "directory.static: stat /nonexistent/islands.map: no such file or directory"},
+		{"static is a directory", dir("  static: " + fx.dir + " #<\n"), 0, "is not a regular file"},
+		{"ldap empty", dir("  ldap: #<\n"), 0, "directory.ldap is empty"},
+		{"ldap unknown key", ldap("    base_dn:", "    bsae_dn:"), 25, `unknown key "bsae_dn" in directory.ldap; did you mean "base_dn"?`},
+		{"ldap no urls", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: [] #<\n"), 0, "directory.ldap.urls: no URL is given"},
+		{"ldap urls missing", ldap("    urls: [ldap://198.51.100.30]\n", ""), 23, "directory.ldap.urls: no URL is given"},
+		{"ldap too many urls", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: [ldap://a1, ldap://a2, ldap://a3, ldap://a4, ldap://a5, ldap://a6, ldap://a7, ldap://a8, ldap://a9] #<\n"), 0, "directory.ldap.urls: 9 URLs are given; list at most 8"},
+		{"ldap url scheme", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: [ldap://198.51.100.30, http://198.51.100.31] #<\n"), 0, `directory.ldap.urls: "http://198.51.100.31" does not start with ldap:// or ldaps://`},
+		{"ldap url with a DN", ldap("    urls: [ldap://198.51.100.30]\n", "    urls:\n      - ldap://198.51.100.30/dc=example,dc=org #<\n"), 0, "has more than a server"},
+		{"ldap url bad host", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: [ldap://198.51.100.300] #<\n"), 0, `"ldap://198.51.100.300" has an invalid host`},
+		{"ldap url bad port", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: ['ldap://198.51.100.30:0'] #<\n"), 0, "has no valid port"},
+		{"ldap url IPv6 without brackets", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: ['ldap://2001:db8::30'] #<\n"), 0, "has an IPv6 address without brackets"},
+		{"ldap url IPv6 not a URL", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: ['ldap://fe80::a'] #<\n"), 0, "is not a URL (an IPv6 address needs brackets); write ldap://HOST[:PORT] or ldaps://HOST[:PORT], with an IPv6 address in brackets such as ldap://[2001:db8::30]"},
+		{"ldap url twice", ldap("    urls: [ldap://198.51.100.30]\n", "    urls:\n      - ldap://LDAP1.example.org\n      - ldap://ldap1.example.org:389 #<\n"), 0, "directory.ldap.urls: ldap://ldap1.example.org:389 is the same server as the URL at line 25"},
+		{"start_tls with only ldaps", ldap("    urls: [ldap://198.51.100.30]\n", "    urls: [ldaps://198.51.100.30, 'ldaps://[2001:db8::30]']\n    start_tls: true #<\n"), 0, "directory.ldap.start_tls: every URL is ldaps://"},
+		{"ldap ca_file missing", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    ca_file: /nonexistent/ca.pem #<\n"), 0, "directory.ldap.ca_file: stat /nonexistent/ca.pem: no such file or directory"},
+		{"bind_dn without password_file", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    bind_dn: cn=atoll,dc=example,dc=org #<\n"), 0, "directory.ldap: bind_dn is set but password_file is not"},
+		{"password_file without bind_dn", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    password_file: "+fx.secret+" #<\n"), 0, "directory.ldap.password_file: without bind_dn the bind is anonymous"},
+		{"password_file empty", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    bind_dn: cn=atoll,dc=example,dc=org\n    password_file: "+fx.empty+" #<\n"), 0, "is empty (an empty password binds without authentication)"},
+		{"password_file relative", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    bind_dn: cn=atoll,dc=example,dc=org\n    password_file: ldap.secret #<\n"), 0, `directory.ldap.password_file: "ldap.secret" is not an absolute path`},
+		{"bind_dn not a DN", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    bind_dn: atoll #<\n    password_file: "+fx.secret+"\n"), 0, `directory.ldap.bind_dn: "atoll" is not a DN`},
+		{"base_dn missing", ldap("    base_dn: ou=people,dc=example,dc=org\n", ""), 23, "directory.ldap: base_dn is missing"},
+		{"base_dn not a DN", ldap("    base_dn: ou=people,dc=example,dc=org\n", "    base_dn: people #<\n"), 0, `directory.ldap.base_dn: "people" is not a DN`},
+		{"filter missing", ldap("    filter: (uid=%u)\n", ""), 23, "directory.ldap: filter is missing"},
+		{"filter without name", ldap("    filter: (uid=%u)\n", "    filter: (objectClass=person) #<\n"), 0, "holds no %u, %n or %d, so every user would get the same entry"},
+		{"filter without parentheses", ldap("    filter: (uid=%u)\n", "    filter: uid=%u #<\n"), 0, `directory.ldap.filter: "uid=%u" does not start with '('`},
+		{"filter unbalanced", ldap("    filter: (uid=%u)\n", "    filter: \"(|(uid=%u)(mail=%u)\" #<\n"), 0, "has 1 '(' more than ')'"},
+		{"filter extra parenthesis", ldap("    filter: (uid=%u)\n", "    filter: (uid=%u)) #<\n"), 0, "goes on after the parenthesis that closes its first '('"},
+		{"filter two parts", ldap("    filter: (uid=%u)\n", "    filter: (uid=%u)(mail=%u) #<\n"), 0, "combine the parts, such as (|(uid=%u)(mail=%u))"},
+		{"filter bad escape", ldap("    filter: (uid=%u)\n", "    filter: (uid=%s) #<\n"), 0, "holds %s, which atoll does not replace"},
+		{"filter lone percent", ldap("    filter: (uid=%u)\n", "    filter: (uid=%u%) #<\n"), 0, "holds %)"},
+		{"attribute missing", ldap("    attribute: mailIsland\n", ""), 23, "directory.ldap: attribute is missing"},
+		{"attribute invalid", ldap("    attribute: mailIsland\n", "    attribute: mail_island #<\n"), 0, `directory.ldap.attribute: "mail_island" is not an attribute name`},
+		{"ldap timeout", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    timeout: 2m #<\n"), 0, "directory.ldap.timeout: 2m is out of range; use 100ms to 1m"},
+		{"pool_size zero", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    pool_size: 0 #<\n"), 0, "directory.ldap.pool_size: 0 is out of range; use 1 to 256"},
+		{"stale_ttl too long", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    cache:\n      stale_ttl: 200h #<\n"), 0, "directory.ldap.cache.stale_ttl: 200h is out of range; use 0s to 168h"},
+		{"positive_ttl negative", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    cache: {positive_ttl: -1s} #<\n"), 0, "directory.ldap.cache.positive_ttl: -1s is out of range; use 0s to 24h"},
+		{"cache unknown key", ldap("    attribute: mailIsland\n", "    attribute: mailIsland\n    cache:\n      ttl: 1m #<\n"), 0, `unknown key "ttl" in directory.ldap.cache; remove it (the keys here are: positive_ttl, negative_ttl, stale_ttl)`},
+		{"node_login unknown", dir("  static: " + fx.static + "\n  names:\n    node_login: stirp #<\n"), 0, `directory.names.node_login: "stirp" is not known (did you mean "strip"?)`},
+		{"default_domain with @", dir("  static: " + fx.static + "\n  names:\n    default_domain: \"@example.org\" #<\n"), 0, "directory.names.default_domain: \"@example.org\" starts with '@'; write the domain alone, such as example.org"},
+		{"default_domain invalid", dir("  static: " + fx.static + "\n  names:\n    default_domain: example_org #<\n"), 0, `directory.names.default_domain: "example_org" is not a domain name`},
+		{"lowercase not a bool", dir("  static: " + fx.static + "\n  names: {lowercase: 1} #<\n"), 0, "directory.names.lowercase: got 1, but it must be true or false"},
+
+		// islands[].proxy
+		{"client_address unknown", editText(t, lb, "  - name: a\n", "  - name: a\n    proxy: {client_address: proxy-protocol} #<\n"), 0, `island a: proxy.client_address "proxy-protocol" is not known (did you mean "proxy_protocol"?)`},
+		{"island tls unknown", editText(t, lb, "  - name: a\n", "  - name: a\n    proxy:\n      tls: startls #<\n"), 0, `island a: proxy.tls "startls" is not known (did you mean "starttls"?)`},
+		{"island proxy unknown key", editText(t, lb, "  - name: a\n", "  - name: a\n    proxy:\n      client_adress: none #<\n"), 0, `unknown key "client_adress" in proxy of island a; did you mean "client_address"?`},
+	}
+}
+
+func TestLoginDefaults(t *testing.T) {
+	cfg, err := Parse("atoll.yaml", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, herr := os.Hostname()
+	if herr != nil || !isDomain(host) {
+		host = "atoll"
+	}
+	want := Proxy{Hostname: host, PreLoginTimeout: time.Minute, MaxLine: 8192, MaxLiteral: 8192,
+		MaxBadCommands: 10, MaxLoginTries: 3, MaxConnectionsPerSource: 50,
+		AuthThrottle: AuthThrottle{Threshold: 5, Window: 10 * time.Minute, BaseDelay: time.Second, MaxDelay: 30 * time.Second},
+		DialTimeout:  5 * time.Second}
+	if fmt.Sprint(cfg.Proxy) != fmt.Sprint(want) {
+		t.Errorf("proxy:\n got %+v\nwant %+v", cfg.Proxy, want)
+	}
+	if cfg.Directory != (Directory{Names: Names{Lowercase: true, NodeLogin: NodeLoginKeep}}) || cfg.HasDirectory() {
+		t.Errorf("directory: %+v", cfg.Directory)
+	}
+	if cfg.Islands[0].Proxy != (IslandProxy{ClientAddress: ClientAddrNone, TLS: TLSNone}) {
+		t.Errorf("island proxy: %+v", cfg.Islands[0].Proxy)
+	}
+	if got := cfg.LoginServices(); len(got) != 0 {
+		t.Errorf("login services: %v", got)
+	}
+
+	// An empty proxy section and a static directory.
+	fx := makeFiles(t)
+	cfg, err = Parse("atoll.yaml", []byte(loginBase(fx)+"proxy:\n  tls: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Line = 24
+	if fmt.Sprint(cfg.Proxy) != fmt.Sprint(want) {
+		t.Errorf("proxy:\n got %+v\nwant %+v", cfg.Proxy, want)
+	}
+	if cfg.Directory != (Directory{Static: fx.static, Names: Names{Lowercase: true, NodeLogin: NodeLoginKeep}, Line: 22}) || !cfg.HasDirectory() {
+		t.Errorf("directory: %+v", cfg.Directory)
+	}
+	if ls := cfg.LoginServices(); len(ls) != 1 || ls[0] != &cfg.Services[1] || ls[0].Name != "front" {
+		t.Errorf("login services: %v", ls)
+	}
+
+	// The LDAP defaults.
+	cfg, err = Parse("atoll.yaml", []byte(base+frontDoor+ldapBlock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLDAP := LDAP{URLs: []string{"ldap://198.51.100.30"}, BaseDN: "ou=people,dc=example,dc=org", Filter: "(uid=%u)", Attribute: "mailIsland",
+		Timeout: 2 * time.Second, PoolSize: 4, PositiveTTL: 5 * time.Minute, NegativeTTL: time.Minute, StaleTTL: time.Hour}
+	if l := cfg.Directory.LDAP; l == nil || fmt.Sprint(*l) != fmt.Sprint(wantLDAP) {
+		t.Errorf("ldap:\n got %+v\nwant %+v", l, wantLDAP)
+	}
+	if cfg.Directory.Static != "" || cfg.Directory.Names != (Names{Lowercase: true, NodeLogin: NodeLoginKeep}) || !cfg.HasDirectory() {
+		t.Errorf("directory: %+v", cfg.Directory)
+	}
+}
+
+// TestLoginFullFile writes every key of the new sections.
+func TestLoginFullFile(t *testing.T) {
+	fx := makeFiles(t)
+	text := edit(t, "  - name: a\n", "  - name: a\n    proxy:\n      client_address: proxy_protocol\n      tls: implicit\n")
+	text, _, _ = strings.Cut(text, "services:\n")
+	text += `  - {name: b, proxy: {client_address: imap_id, tls: starttls}, nodes: [{name: m1, addresses: [198.51.100.21]}]}
+services:
+  - {name: imap-a, vips: [203.0.113.10], protocol: imap, forwarding: ipip, island: a}
+  - {name: imaps, vips: [203.0.113.20], protocol: imaps, forwarding: ipip, routing: login}
+  - {name: pop3s, vips: [203.0.113.20], protocol: pop3s, forwarding: ipip, routing: login}
+  - {name: imap, vips: [203.0.113.20], protocol: imap, forwarding: ipip, routing: login}
+  - {name: lmtp, vips: [203.0.113.20], protocol: lmtp, forwarding: ipip, routing: login}
+proxy:
+  hostname: mail.example.org
+  tls:
+    cert_file: CERT
+    key_file: KEY
+  require_tls: true
+  pre_login_timeout: 30s
+  idle_timeout: 2h
+  max_line: 512
+  max_literal: 1048576
+  max_bad_commands: 1000
+  max_login_tries: 1
+  max_connections_per_source: -1
+  auth_throttle:
+    threshold: -1
+    window: 24h
+    base_delay: 10ms
+    max_delay: 10m
+  source_addresses: [198.51.100.1, '2001:db8:1::1']
+  dial_timeout: 100ms
+directory:
+  ldap:
+    urls: [ldap://198.51.100.30, 'ldaps://[2001:db8::31]:1636', ldap://ldap.example.org/]
+    start_tls: true
+    ca_file: CA
+    insecure_skip_verify: true
+    bind_dn: cn=atoll\,x,dc=example,dc=org
+    password_file: SECRET
+    base_dn: ou=people,dc=example,dc=org
+    filter: "(|(uid=%u)(&(mail=%n@%d)(x=100%%)))"
+    attribute: 1.3.6.1.4.1.99999.1
+    timeout: 1m
+    pool_size: 256
+    cache:
+      positive_ttl: 0s
+      negative_ttl: 24h
+      stale_ttl: 168h
+  names:
+    lowercase: false
+    default_domain: Example.org
+    node_login: strip
+`
+	text = strings.NewReplacer("CERT", fx.cert, "KEY", fx.key, "CA", fx.ca, "SECRET", fx.secret).Replace(text)
+	cfg, err := Parse("atoll.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Proxy{Hostname: "mail.example.org", TLS: ProxyTLS{CertFile: fx.cert, KeyFile: fx.key}, RequireTLS: true,
+		PreLoginTimeout: 30 * time.Second, IdleTimeout: 2 * time.Hour, MaxLine: 512, MaxLiteral: 1 << 20,
+		MaxBadCommands: 1000, MaxLoginTries: 1, MaxConnectionsPerSource: -1,
+		AuthThrottle:    AuthThrottle{Threshold: -1, Window: 24 * time.Hour, BaseDelay: 10 * time.Millisecond, MaxDelay: 10 * time.Minute},
+		SourceAddresses: []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8:1::1")},
+		DialTimeout:     100 * time.Millisecond, Line: markedLineOf(t, text, "proxy:")}
+	if fmt.Sprint(cfg.Proxy) != fmt.Sprint(want) {
+		t.Errorf("proxy:\n got %+v\nwant %+v", cfg.Proxy, want)
+	}
+	wantLDAP := LDAP{URLs: []string{"ldap://198.51.100.30", "ldaps://[2001:db8::31]:1636", "ldap://ldap.example.org/"},
+		StartTLS: true, CAFile: fx.ca, InsecureSkipVerify: true, BindDN: `cn=atoll\,x,dc=example,dc=org`, PasswordFile: fx.secret,
+		BaseDN: "ou=people,dc=example,dc=org", Filter: "(|(uid=%u)(&(mail=%n@%d)(x=100%%)))", Attribute: "1.3.6.1.4.1.99999.1",
+		Timeout: time.Minute, PoolSize: 256, PositiveTTL: 0, NegativeTTL: 24 * time.Hour, StaleTTL: 7 * 24 * time.Hour}
+	d := cfg.Directory
+	if d.LDAP == nil || fmt.Sprint(*d.LDAP) != fmt.Sprint(wantLDAP) {
+		t.Errorf("ldap:\n got %+v\nwant %+v", d.LDAP, wantLDAP)
+	}
+	if d.Static != "" || d.Names != (Names{Lowercase: false, DefaultDomain: "Example.org", NodeLogin: NodeLoginStrip}) || d.Line != markedLineOf(t, text, "directory:") {
+		t.Errorf("directory: %+v", d)
+	}
+	if a, b := cfg.IslandByName("a").Proxy, cfg.IslandByName("b").Proxy; a != (IslandProxy{ClientAddrProxy, TLSImplicit}) || b != (IslandProxy{ClientAddrID, TLSStartTLS}) {
+		t.Errorf("island proxies: %+v %+v", a, b)
+	}
+	var names []string
+	for _, s := range cfg.LoginServices() {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, " ") != "imaps pop3s imap lmtp" {
+		t.Errorf("login services: %v", names)
+	}
+}
+
+// markedLineOf is the 1-based line that starts with prefix.
+func markedLineOf(t testing.TB, text, prefix string) int {
+	t.Helper()
+	for i, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return i + 1
+		}
+	}
+	t.Fatalf("no line starts with %q", prefix)
+	return 0
+}
+
+// A problem in one section does not hide those of the others, and its
+// consequences are not reported.
+func TestLoginProblemsTogether(t *testing.T) {
+	text := base + strings.Replace(frontDoor, "imap", "imaps", 1) + `proxy:
+  tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}
+  require_tls: true
+  max_line: 1
+directory:
+  ldap:
+    urls: [ftp://x]
+    start_tls: true
+    base_dn: dc=example
+    filter: (uid=%u)
+`
+	_, err := Parse("atoll.yaml", []byte(text))
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("got %v", err)
+	}
+	want := []string{
+		"proxy.tls.cert_file: stat /nonexistent/c.pem",
+		"proxy.tls.key_file: stat /nonexistent/k.pem",
+		"proxy.max_line: 1 is out of range",
+		"directory.ldap: attribute is missing",
+		`directory.ldap.urls: "ftp://x" does not start with ldap://`,
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("want %d problems, got:\n%v", len(want), err)
+	}
+	for i, w := range want {
+		if !strings.Contains(errs[i].Msg, w) {
+			t.Errorf("problem %d: %v, want %q", i, errs[i], w)
+		}
+	}
+}
+
+func TestFmtDur(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0s", time.Hour: "1h", 24 * time.Hour: "24h", 10 * time.Minute: "10m", 90 * time.Second: "1m30s",
+		90 * time.Minute: "1h30m", time.Hour + time.Second: "1h0m1s", 10 * time.Millisecond: "10ms", -time.Hour: "-1h",
+	} {
+		if got := fmtDur(d); got != want {
+			t.Errorf("fmtDur(%v) = %q, want %q", d, got, want)
+		}
+	}
 }

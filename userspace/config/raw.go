@@ -12,6 +12,8 @@ type rawConfig struct {
 	Health    *rawHealth    `yaml:"health"`
 	Metrics   *rawMetrics   `yaml:"metrics"`
 	API       *rawAPI       `yaml:"api"`
+	Proxy     *rawProxy     `yaml:"proxy"`
+	Directory *rawDirectory `yaml:"directory"`
 	Islands   []rawIsland   `yaml:"islands"`
 	Services  []rawService  `yaml:"services"`
 }
@@ -51,9 +53,76 @@ type rawAPI struct {
 	Socket *string `yaml:"socket"`
 }
 
+type rawProxy struct {
+	Hostname                string           `yaml:"hostname"`
+	TLS                     *rawProxyTLS     `yaml:"tls"`
+	RequireTLS              bool             `yaml:"require_tls"`
+	PreLoginTimeout         *time.Duration   `yaml:"pre_login_timeout"`
+	IdleTimeout             *time.Duration   `yaml:"idle_timeout"`
+	MaxLine                 *int             `yaml:"max_line"`
+	MaxLiteral              *int             `yaml:"max_literal"`
+	MaxBadCommands          *int             `yaml:"max_bad_commands"`
+	MaxLoginTries           *int             `yaml:"max_login_tries"`
+	MaxConnectionsPerSource *int             `yaml:"max_connections_per_source"`
+	AuthThrottle            *rawAuthThrottle `yaml:"auth_throttle"`
+	SourceAddresses         []string         `yaml:"source_addresses"`
+	DialTimeout             *time.Duration   `yaml:"dial_timeout"`
+}
+
+type rawProxyTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+type rawAuthThrottle struct {
+	Threshold *int           `yaml:"threshold"`
+	Window    *time.Duration `yaml:"window"`
+	BaseDelay *time.Duration `yaml:"base_delay"`
+	MaxDelay  *time.Duration `yaml:"max_delay"`
+}
+
+type rawDirectory struct {
+	Static string    `yaml:"static"`
+	LDAP   *rawLDAP  `yaml:"ldap"`
+	Names  *rawNames `yaml:"names"`
+}
+
+type rawLDAP struct {
+	URLs               []string       `yaml:"urls"`
+	StartTLS           bool           `yaml:"start_tls"`
+	CAFile             string         `yaml:"ca_file"`
+	InsecureSkipVerify bool           `yaml:"insecure_skip_verify"`
+	BindDN             string         `yaml:"bind_dn"`
+	PasswordFile       string         `yaml:"password_file"`
+	BaseDN             string         `yaml:"base_dn"`
+	Filter             string         `yaml:"filter"`
+	Attribute          string         `yaml:"attribute"`
+	Timeout            *time.Duration `yaml:"timeout"`
+	PoolSize           *int           `yaml:"pool_size"`
+	Cache              *rawLDAPCache  `yaml:"cache"`
+}
+
+type rawLDAPCache struct {
+	PositiveTTL *time.Duration `yaml:"positive_ttl"`
+	NegativeTTL *time.Duration `yaml:"negative_ttl"`
+	StaleTTL    *time.Duration `yaml:"stale_ttl"`
+}
+
+type rawNames struct {
+	Lowercase     *bool  `yaml:"lowercase"`
+	DefaultDomain string `yaml:"default_domain"`
+	NodeLogin     string `yaml:"node_login"`
+}
+
 type rawIsland struct {
-	Name  string    `yaml:"name"`
-	Nodes []rawNode `yaml:"nodes"`
+	Name  string          `yaml:"name"`
+	Proxy *rawIslandProxy `yaml:"proxy"`
+	Nodes []rawNode       `yaml:"nodes"`
+}
+
+type rawIslandProxy struct {
+	ClientAddress string `yaml:"client_address"`
+	TLS           string `yaml:"tls"`
 }
 
 type rawNode struct {

@@ -157,7 +157,7 @@ func (p *parser) decode() (raw *rawConfig, ok bool) {
 		p.errorf(top.Line, "the file is empty; write at least islands: and services: (see deploy/atoll.example.yaml)")
 		return nil, false
 	case top.Kind != yaml.MappingNode:
-		p.errorf(top.Line, "the file holds %s, not a mapping; write top-level keys (dataplane:, health:, metrics:, api:, islands:, services:)", describeKind(top))
+		p.errorf(top.Line, "the file holds %s, not a mapping; write top-level keys (dataplane:, health:, metrics:, api:, proxy:, directory:, islands:, services:)", describeKind(top))
 		return nil, false
 	}
 	p.top = top
@@ -575,23 +575,42 @@ func describeValue(n *yaml.Node) string {
 
 // leafWants are the expected values of keys, by key name.
 var leafWants = map[string]string{
-	"port":                 "a port number from 1 to 65535",
-	"weight":               "a whole number from 0 to 1000 (0 drains the node)",
-	"conntrack_size":       "a whole number from 1024 to 67108864",
-	"ring_size":            "a prime number up to 16777213, such as 65537",
-	"hash_seed":            "a 32-bit number, decimal or 0x-hex, such as 0x61746f6c",
-	"rise":                 "a whole number from 1 to 100",
-	"fall":                 "a whole number from 1 to 100",
-	"concurrency":          "a whole number from 1 to 4096",
-	"interval":             "a duration with a unit, such as 2s or 500ms",
-	"timeout":              "a duration with a unit, such as 1s or 500ms",
-	"jitter":               "a duration with a unit, such as 200ms (or 0)",
-	"insecure_skip_verify": "true or false",
-	"through_vip":          "true or false",
-	"islands":              "a list of islands, each starting with \"- name:\"",
-	"nodes":                "a list of nodes, each starting with \"- name:\"",
-	"services":             "a list of services, each starting with \"- name:\"",
-	"ports":                "a mapping of protocol names to ports, such as {imap: 10143}",
+	"port":                       "a port number from 1 to 65535",
+	"weight":                     "a whole number from 0 to 1000 (0 drains the node)",
+	"conntrack_size":             "a whole number from 1024 to 67108864",
+	"ring_size":                  "a prime number up to 16777213, such as 65537",
+	"hash_seed":                  "a 32-bit number, decimal or 0x-hex, such as 0x61746f6c",
+	"rise":                       "a whole number from 1 to 100",
+	"fall":                       "a whole number from 1 to 100",
+	"concurrency":                "a whole number from 1 to 4096",
+	"interval":                   "a duration with a unit, such as 2s or 500ms",
+	"timeout":                    "a duration with a unit, such as 1s or 500ms",
+	"jitter":                     "a duration with a unit, such as 200ms (or 0)",
+	"insecure_skip_verify":       "true or false",
+	"through_vip":                "true or false",
+	"require_tls":                "true or false",
+	"start_tls":                  "true or false",
+	"lowercase":                  "true or false",
+	"pre_login_timeout":          "a duration with a unit, such as 60s",
+	"idle_timeout":               "a duration with a unit, such as 2h (0s: none; otherwise 30m or more)",
+	"dial_timeout":               "a duration with a unit, such as 5s",
+	"window":                     "a duration with a unit, such as 10m",
+	"base_delay":                 "a duration with a unit, such as 1s or 500ms",
+	"max_delay":                  "a duration with a unit, such as 30s",
+	"positive_ttl":               "a duration with a unit, such as 5m (0s: no caching)",
+	"negative_ttl":               "a duration with a unit, such as 1m (0s: no caching)",
+	"stale_ttl":                  "a duration with a unit, such as 1h or 168h (0s: never)",
+	"max_line":                   "a whole number from 512 to 1048576",
+	"max_literal":                "a whole number from 64 to 1048576",
+	"max_bad_commands":           "a whole number from 1 to 1000",
+	"max_login_tries":            "a whole number from 1 to 100",
+	"max_connections_per_source": "a whole number from 1 to 100000, or -1 for no cap",
+	"threshold":                  "a whole number from 1 to 10000, or -1 to turn the throttle off",
+	"pool_size":                  "a whole number from 1 to 256",
+	"islands":                    "a list of islands, each starting with \"- name:\"",
+	"nodes":                      "a list of nodes, each starting with \"- name:\"",
+	"services":                   "a list of services, each starting with \"- name:\"",
+	"ports":                      "a mapping of protocol names to ports, such as {imap: 10143}",
 }
 
 // want says what the value at pa must be, from its key and Go type.

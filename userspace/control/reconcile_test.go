@@ -30,6 +30,7 @@ services:
   - {name: imap-a, vips: [203.0.113.10, 2001:db8:f::10], protocol: imap, forwarding: ipip, island: a}
   - {name: imap-b, vips: [203.0.113.11], protocol: imap, forwarding: l2dsr, island: b}
   - {name: front, vips: [203.0.113.12], protocol: imap, forwarding: ipip, routing: login}
+directory: {ldap: {urls: [ldap://198.51.100.30], base_dn: "dc=example,dc=org", filter: "(uid=%u)", attribute: mailIsland}}
 `
 
 func load(t *testing.T, text string) *config.Config {

@@ -62,6 +62,8 @@ type Daemon struct {
 	rec     *control.Reconciler
 	mon     *health.Monitor
 	met     *metrics.Metrics
+	proxy   *proxyState
+	runCtx  context.Context
 
 	trigger chan struct{}
 }
@@ -78,11 +80,19 @@ func Run(ctx context.Context, opts Options) error {
 	d := &Daemon{opts: opts, log: opts.Log, started: time.Now(), cfg: cfg, trigger: make(chan struct{}, 1)}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	d.runCtx = ctx
 	if err := d.start(); err != nil {
 		d.close()
 		return err
 	}
 	defer d.close()
+	core, closer, err := d.buildCore(cfg)
+	if err != nil {
+		return err
+	}
+	if err := d.startProxy(ctx, cfg, core, closer); err != nil {
+		return err
+	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -260,6 +270,7 @@ func (d *Daemon) setupHealthSteer(cfg *config.Config) error {
 }
 
 func (d *Daemon) close() {
+	d.closeProxy()
 	for _, l := range d.hcLinks {
 		l.Close()
 	}
@@ -434,6 +445,7 @@ func (d *Daemon) targets(cfg *config.Config) ([]health.Target, error) {
 			return nil, err
 		}
 	}
+	out = append(out, d.proxyTargets(cfg, tlsBase)...)
 	return out, nil
 }
 
@@ -496,6 +508,18 @@ func (d *Daemon) reload() error {
 	if len(fixed) > 0 {
 		return fmt.Errorf("config refused: these settings need a restart: %v", fixed)
 	}
+	// The proxy's parts (directory, certificate) must load before anything
+	// changes.
+	core, closer, err := d.buildCore(cfg)
+	if err != nil {
+		return fmt.Errorf("config refused: %w", err)
+	}
+	handedOver := false
+	defer func() {
+		if !handedOver && closer != nil {
+			closer.Close()
+		}
+	}()
 	if n.Mode == config.ModeXDP && (o.HashSeed != n.HashSeed || !slices.Equal(o.Interfaces, n.Interfaces)) {
 		d.mu.Lock()
 		err := d.loadDataplane(cfg)
@@ -510,6 +534,10 @@ func (d *Daemon) reload() error {
 	d.mon.UpdateSettings(healthSettings(cfg))
 	if err := d.apply(); err != nil {
 		return err
+	}
+	handedOver = true
+	if err := d.startProxy(d.runCtx, cfg, core, closer); err != nil {
+		return fmt.Errorf("proxy: %w", err)
 	}
 	d.log.Info("config reloaded", "services", len(cfg.Services), "islands", len(cfg.Islands))
 	return nil

@@ -7,6 +7,8 @@
 package health
 
 import (
+	proxyproto "github.com/pires/go-proxyproto"
+
 	"bufio"
 	"context"
 	"crypto/tls"
@@ -64,6 +66,10 @@ type Probe struct {
 	Timeout time.Duration
 	// Dialer opens the connection; nil means a plain net.Dialer.
 	Dialer Dialer
+	// ProxyHeader sends a PROXY protocol v2 LOCAL header first, as a
+	// listener that expects the header from the proxy (HAProxy's
+	// `send-proxy-v2` health checks do the same) needs.
+	ProxyHeader bool
 }
 
 // Validate reports a probe that cannot run.
@@ -167,6 +173,12 @@ func (p Probe) check(ctx context.Context, addr string) error {
 	s.raw = &limitedConn{Conn: raw, left: maxRead}
 	s.conn = s.raw
 	s.br = bufio.NewReaderSize(s.conn, maxLine)
+	if p.ProxyHeader {
+		hdr := proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+		if _, err := hdr.WriteTo(raw); err != nil {
+			return errorf(err, "sending the PROXY header: %v", err)
+		}
+	}
 
 	if p.TLS == TLSImplicit {
 		if err := s.handshake(); err != nil {

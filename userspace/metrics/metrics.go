@@ -38,6 +38,7 @@ type Metrics struct {
 	reconcileDur  prometheus.Histogram
 	mapWrites     prometheus.Counter
 	reloads       *prometheus.CounterVec
+	proxy         *proxyMetrics
 }
 
 // New registers every metric on a fresh registry.
@@ -78,6 +79,7 @@ func New(src Source, version string, log *slog.Logger) *Metrics {
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atoll_build_info", Help: "atoll's version."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
+	m.proxy = newProxyMetrics(reg)
 	reg.MustRegister(m.checkDuration, m.checks, m.stateChanges, m.reconciles, m.reconcileDur, m.mapWrites, m.reloads, build,
 		&collector{src: src, log: log})
 	return m

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +49,7 @@ type NodeSource interface {
 
 // Observer sees what the proxy does (metrics). Methods must be cheap.
 type Observer interface {
-	Login(protocol, result string) // result: ok, failed, unknown_user, unavailable, no_node, error, aborted
+	Login(protocol, result string) // result: ok, failed, unknown_user, bad_name, unavailable, no_node, error
 	Lookup(d time.Duration, res directory.Result, err error)
 	Session(protocol string, delta int)
 	Relayed(protocol string, up, down int64)
@@ -101,8 +103,17 @@ type Core struct {
 
 	mu      sync.Mutex
 	sources map[netip.Addr]int // open connections per client address
-	caps    map[string][]string
+	caps    map[string]recordedCaps
 }
+
+type recordedCaps struct {
+	caps []string
+	at   time.Time
+}
+
+// capsMaxAge forgets what a node announced after a day: a node removed
+// from an island stops restricting its list.
+const capsMaxAge = 24 * time.Hour
 
 // NewCore builds a core.
 func NewCore(o Options) *Core {
@@ -123,7 +134,7 @@ func NewCore(o Options) *Core {
 	}
 	return &Core{
 		opts: o, limits: o.Limits.withDefaults(), throttle: newThrottle(o.Throttle), obs: o.Observer, log: o.Log,
-		sources: map[netip.Addr]int{}, caps: map[string][]string{},
+		sources: map[netip.Addr]int{}, caps: map[string]recordedCaps{},
 	}
 }
 
@@ -149,12 +160,16 @@ func (c *Core) Observer() Observer { return c.obs }
 func (c *Core) Route(ctx context.Context, service, user string) (*Route, error) {
 	lookup, nodeUser, err := c.opts.Names.Normalize(user)
 	if err != nil {
+		c.padUnknown(ctx)
 		return nil, fmt.Errorf("%w: %v", ErrBadName, err)
 	}
 	start := time.Now()
 	res, err := c.opts.Directory.Lookup(ctx, lookup)
 	c.obs.Lookup(time.Since(start), res, err)
 	if err != nil {
+		if errors.Is(err, ErrUnknownUser) {
+			c.padUnknown(ctx)
+		}
 		return nil, err
 	}
 	set, ok := c.opts.Nodes.Island(res.Island)
@@ -183,6 +198,18 @@ func (c *Core) Route(ctx context.Context, service, user string) (*Route, error) 
 	return r, nil
 }
 
+// padUnknown makes "no such user" take about as long as a wrong password
+// (a round trip to a node), so answer times do not tell who exists.
+func (c *Core) padUnknown(ctx context.Context) {
+	d := 100*time.Millisecond + time.Duration(rand.Int64N(int64(200*time.Millisecond)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // rendezvous is the highest-random-weight score of (user, node).
 func rendezvous(user, node string) uint64 {
 	h := sha256.New()
@@ -207,6 +234,10 @@ func (c *Core) Dial(ctx context.Context, r *Route, n Node, client, vip netip.Add
 		c.obs.DialFailed(n.Name)
 		return nil, fmt.Errorf("proxy: dial %s (%v): %w", n.Name, n.Addr, err)
 	}
+	// The header and a TLS handshake get the dial timeout too: a node
+	// that accepts and then stalls must not hold the login.
+	conn.SetDeadline(time.Now().Add(c.opts.DialTimeout))
+	defer conn.SetDeadline(time.Time{})
 	if r.ClientAddr == ClientAddrProxy {
 		hdr := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(client), net.TCPAddrFromAddrPort(vip))
 		if _, err := hdr.WriteTo(conn); err != nil {
@@ -281,23 +312,27 @@ func (c *Core) LoginSucceeded(netip.Addr) {}
 func (c *Core) RecordCaps(island, node string, caps []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.caps[island+"/"+node] = slices.Clone(caps)
+	c.caps[island+"/"+node] = recordedCaps{caps: slices.Clone(caps), at: time.Now()}
 }
 
 // IslandCaps returns the capabilities common to every node of island
-// whose capabilities were recorded, or nil if none was.
+// whose capabilities were recorded in the last day, in the order of the
+// first node by name, or nil if none was.
 func (c *Core) IslandCaps(island string) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []string
-	first := true
-	for k, caps := range c.caps {
-		if len(k) <= len(island) || k[:len(island)+1] != island+"/" {
-			continue
+	var keys []string
+	for k, rc := range c.caps {
+		if strings.HasPrefix(k, island+"/") && time.Since(rc.at) < capsMaxAge {
+			keys = append(keys, k)
 		}
-		if first {
+	}
+	slices.Sort(keys)
+	var out []string
+	for i, k := range keys {
+		caps := c.caps[k].caps
+		if i == 0 {
 			out = slices.Clone(caps)
-			first = false
 			continue
 		}
 		out = slices.DeleteFunc(out, func(c string) bool { return !slices.Contains(caps, c) })
@@ -335,12 +370,24 @@ func (c *Core) release(client netip.Addr) {
 func (c *Core) Relay(protocol string, client, node net.Conn, pendingUp, pendingDown []byte) {
 	var up, down int64
 	if len(pendingUp) > 0 {
-		n, _ := node.Write(pendingUp)
+		n, err := node.Write(pendingUp)
 		up += int64(n)
+		if err != nil {
+			client.Close()
+			node.Close()
+			c.obs.Relayed(protocol, up, down)
+			return
+		}
 	}
 	if len(pendingDown) > 0 {
-		n, _ := client.Write(pendingDown)
+		n, err := client.Write(pendingDown)
 		down += int64(n)
+		if err != nil {
+			client.Close()
+			node.Close()
+			c.obs.Relayed(protocol, up, down)
+			return
+		}
 	}
 	client.SetDeadline(time.Time{})
 	node.SetDeadline(time.Time{})
@@ -398,6 +445,3 @@ func pipe(dst, src net.Conn, act *activity) int64 {
 	dst.Close()
 	return n
 }
-
-// errClosed is returned when the server shuts down.
-var errClosed = errors.New("proxy: server closed")

@@ -102,7 +102,8 @@ type Route struct {
 // Session is one accepted client connection handed to a protocol handler.
 type Session struct {
 	// Conn is the client connection; a handler may replace it with a
-	// *tls.Conn after STARTTLS/STLS.
+	// *tls.Conn after STARTTLS/STLS (the server cuts the session by
+	// closing the accepted socket underneath, so that is safe).
 	Conn net.Conn
 	// Client is the client's address and port; Local the VIP:port.
 	Client, Local netip.AddrPort

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,13 +24,35 @@ type Listener struct {
 	Refuse string
 }
 
-// Serve accepts connections on ln until ctx is done, handing each to the
-// listener's handler. It returns after every session started here ended
-// or was cut at ctx's end.
+// Server serves listeners with the current Core; a reload swaps the core
+// without closing the listeners (sessions keep the core they started
+// with).
+type Server struct {
+	core atomic.Pointer[Core]
+}
+
+// NewServer returns a server using c.
+func NewServer(c *Core) *Server {
+	s := &Server{}
+	s.core.Store(c)
+	return s
+}
+
+// SetCore makes new connections use c.
+func (s *Server) SetCore(c *Core) { s.core.Store(c) }
+
+// Core returns the current core.
+func (s *Server) Core() *Core { return s.core.Load() }
+
+// Serve accepts connections on ln until ctx is done; see Server.Serve.
 func (c *Core) Serve(ctx context.Context, ln net.Listener, l Listener) error {
-	if l.TLS && c.opts.ServerTLS == nil {
-		return errors.New("proxy: implicit-TLS listener without a certificate")
-	}
+	return NewServer(c).Serve(ctx, ln, l)
+}
+
+// Serve accepts connections on ln until ctx is done, handing each to the
+// listener's handler with the current core. It returns after every
+// session started here ended or was cut at ctx's end.
+func (srv *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	var wg sync.WaitGroup
 	go func() {
 		<-ctx.Done()
@@ -38,6 +61,7 @@ func (c *Core) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	defer wg.Wait()
 	for {
 		conn, err := ln.Accept()
+		c := srv.core.Load()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -50,6 +74,11 @@ func (c *Core) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 			return err
 		}
 		client := addrPort(conn.RemoteAddr())
+		if l.TLS && c.opts.ServerTLS == nil {
+			c.log.Error("proxy: implicit-TLS listener without a certificate", "service", l.Service)
+			conn.Close()
+			continue
+		}
 		if !c.acquire(client.Addr()) {
 			c.log.Warn("proxy: connection cap per source reached", "client", client.Addr(), "service", l.Service)
 			conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -80,10 +109,12 @@ func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client 
 		s.Conn = tls.Server(conn, c.opts.ServerTLS)
 		s.TLS = true
 	}
-	// The session is cut when the server stops.
+	// The session is cut when the server stops: closing the accepted
+	// socket also ends a TLS session on top of it, and never races with a
+	// handler that replaced s.Conn after STARTTLS.
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(sctx, func() { s.Conn.Close() })
+	stop := context.AfterFunc(sctx, func() { conn.Close() })
 	defer stop()
 	c.obs.Session(l.Protocol, 1)
 	defer c.obs.Session(l.Protocol, -1)

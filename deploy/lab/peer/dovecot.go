@@ -82,6 +82,21 @@ type DovecotOptions struct {
 	// net.Dialer. With a Command that enters a namespace, pass the
 	// namespace's DialContext.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// HAProxy adds listeners that expect a PROXY protocol header (the
+	// login proxy's connections when an island passes the client's
+	// address that way). Zero ports: none.
+	HAProxy DovecotHAProxy
+	// LoginTrusted are networks whose IMAP ID x-originating-ip Dovecot
+	// believes (login_trusted_networks): the proxy's addresses.
+	LoginTrusted []netip.Prefix
+}
+
+// DovecotHAProxy are PROXY-protocol listeners of an instance.
+type DovecotHAProxy struct {
+	IMAP, POP3 int // ports; 0 = no such listener
+	// Trusted are the networks allowed to send the header
+	// (haproxy_trusted_networks), e.g. the LB hosts.
+	Trusted []netip.Prefix
 }
 
 // Dovecot is a running instance.
@@ -594,8 +609,8 @@ func (d *Dovecot) config(u dovecotUsers) string {
 	}
 	w("first_valid_uid = %d", u.mailUID)
 	w("first_valid_gid = %d", u.mailGID)
-	w("login_trusted_networks =")
-	w("haproxy_trusted_networks =")
+	w("login_trusted_networks =%s", prefixList(o.LoginTrusted))
+	w("haproxy_trusted_networks =%s", prefixList(o.HAProxy.Trusted))
 	w("auth_mechanisms = plain login")
 	w("disable_plaintext_auth = no")
 	w("auth_verbose = yes")
@@ -650,6 +665,9 @@ func (d *Dovecot) config(u dovecotUsers) string {
 			} else {
 				w("  inet_listener %s {\n    port = %d\n  }", l.name, port)
 			}
+		}
+		if port := map[string]int{"imap-login": o.HAProxy.IMAP, "pop3-login": o.HAProxy.POP3}[s]; port > 0 {
+			w("  inet_listener %s-haproxy {\n    port = %d\n    haproxy = yes\n  }", strings.TrimSuffix(s, "-login"), port)
 		}
 		w("}")
 	}
@@ -769,4 +787,13 @@ func searchable(st os.FileInfo, uid, gid int) bool {
 func ownedByMe(st os.FileInfo) bool {
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	return ok && int(sys.Uid) == os.Geteuid()
+}
+
+// prefixList renders networks for a Dovecot setting (" a b", or "").
+func prefixList(ps []netip.Prefix) string {
+	var b strings.Builder
+	for _, p := range ps {
+		b.WriteString(" " + p.Masked().String())
+	}
+	return b.String()
 }
