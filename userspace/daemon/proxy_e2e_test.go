@@ -47,11 +47,15 @@ type proxyEnv struct {
 
 var proxyCfgTmpl = template.Must(template.New("cfg").Parse(`# written by the proxy e2e test
 dataplane:
+{{- if .ModeNone}}
+  mode: none
+{{- else}}
   interfaces: [eth0]
   pin_path: {{.Pin}}
   conntrack_size: 65536
   source_v4: {{.SrcV4}}
   source_v6: {{.SrcV6}}
+{{- end}}
 health:
   interval: 1s
   timeout: 800ms
@@ -123,8 +127,9 @@ func selfSigned(t *testing.T, dir string, names ...string) (cert, key string) {
 }
 
 // newProxyEnv: two islands of two Dovecot nodes, slapd on the servers
-// host, `atoll run` with the login proxy on the front-door VIP.
-func newProxyEnv(t *testing.T) *proxyEnv {
+// host, `atoll run` with the login proxy on the front-door VIP (with the
+// XDP data plane, or with `dataplane: {mode: none}`: a Perdition drop-in).
+func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
 	t.Helper()
 	requireRoot(t)
 	l, err := lab.New(lab.Config{Prefix: "atl-px", Islands: 2, Nodes: 2, NoBalancer: true, Servers: true})
@@ -199,7 +204,7 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 		"Pin": e.pin, "Socket": e.socket, "SrcV4": lab.LBV4.Addr(), "SrcV6": lab.LBV6.Addr(),
 		"Cert": e.certFile, "Key": filepath.Join(dir, "proxy.key"),
 		"LDAP": e.slapd.URLs[0], "BindDN": e.slapd.ServiceDN(), "PWFile": pw, "BaseDN": e.slapd.PeopleDN(),
-		"A": a, "B": b, "Front": frontVIP,
+		"A": a, "B": b, "Front": frontVIP, "ModeNone": len(modeNone) > 0 && modeNone[0],
 	}))
 	f.Close()
 	e.startDaemon()
@@ -467,5 +472,34 @@ func TestProxyE2EIslandDown(t *testing.T) {
 	// Island a is unaffected.
 	if ans, err := e.imapLogin("alice", "alice-pw"); err != nil || !strings.HasPrefix(ans, "a OK") {
 		t.Fatalf("alice: %q %v", ans, err)
+	}
+}
+
+// TestProxyE2EModeNone: without the data plane (`dataplane: {mode: none}`)
+// the proxy alone serves the front door, as a drop-in for a Perdition farm.
+func TestProxyE2EModeNone(t *testing.T) {
+	e := newProxyEnv(t, true)
+	e.deliver("alice", "a", "hello alice without xdp")
+	e.deliver("bob", "b", "hello bob without xdp")
+	for _, c := range []struct{ user, pw, island string }{{"alice", "alice-pw", "a"}, {"bob", "bob-pw", "b"}} {
+		before := e.loginsOf(c.user)
+		out, err := e.clientRun(20*time.Second, "curl", "-sS", "--max-time", "15", "-u", c.user+":"+c.pw, "imap://"+frontVIP.String()+"/INBOX;UID=1")
+		if err != nil || !strings.Contains(out, "hello "+c.user) {
+			t.Fatalf("curl as %s: %v\n%s", c.user, err, out)
+		}
+		after := e.loginsOf(c.user)
+		for _, n := range e.lab.Nodes {
+			if after[n.Name] > before[n.Name] && n.Island != c.island {
+				t.Fatalf("%s logged in on %s of island %s", c.user, n.Name, n.Island)
+			}
+		}
+	}
+	out, err := e.lab.LB.Exec(context.Background(), "ip", "-d", "link", "show", "eth0")
+	must(t, err)
+	if strings.Contains(string(out), "prog/xdp") {
+		t.Fatalf("mode none attached an XDP program:\n%s", out)
+	}
+	if st := e.status(); st.Dataplane != "none" {
+		t.Fatalf("status says data plane %q", st.Dataplane)
 	}
 }
