@@ -20,6 +20,13 @@ type BalancerAddrKey struct {
 	Pad    [3]uint8
 }
 
+type BalancerAffinity struct {
+	_         structs.HostLayout
+	Island    uint32
+	Flags     uint32
+	ExpiresNs uint64
+}
+
 type BalancerBackend struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
@@ -74,6 +81,18 @@ type BalancerLbConfig struct {
 	Flags uint32
 }
 
+type BalancerLpm4Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint8
+}
+
+type BalancerLpm6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type BalancerNameKey struct {
 	_    structs.HostLayout
 	Name [128]uint8
@@ -123,7 +142,10 @@ const (
 	BalancerStatSTAT_FWD_RESCHEDULED    BalancerStat = 16
 	BalancerStatSTAT_ICMP_PTB_FORWARDED BalancerStat = 17
 	BalancerStatSTAT_ICMP_PTB_SENT      BalancerStat = 18
-	BalancerStatSTAT_MAX                BalancerStat = 19
+	BalancerStatSTAT_PASS_HANDOFF       BalancerStat = 19
+	BalancerStatSTAT_PASS_LOCAL_SOCKET  BalancerStat = 20
+	BalancerStatSTAT_FWD_AFFINITY       BalancerStat = 21
+	BalancerStatSTAT_MAX                BalancerStat = 22
 )
 
 type BalancerSvcKey struct {
@@ -146,6 +168,8 @@ type BalancerSvcState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	BalancerMapAffinity4    = "affinity4"
+	BalancerMapAffinity6    = "affinity6"
 	BalancerMapBackendStats = "backend_stats"
 	BalancerMapBackends     = "backends"
 	BalancerMapConfig       = "config"
@@ -212,6 +236,8 @@ type BalancerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BalancerMapSpecs struct {
+	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
+	Affinity6    *ebpf.MapSpec `ebpf:"affinity6"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
@@ -254,6 +280,8 @@ func (o *BalancerObjects) Close() error {
 //
 // It can be passed to LoadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BalancerMaps struct {
+	Affinity4    *ebpf.Map `ebpf:"affinity4"`
+	Affinity6    *ebpf.Map `ebpf:"affinity6"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
@@ -271,6 +299,8 @@ type BalancerMaps struct {
 
 func (m *BalancerMaps) Close() error {
 	return _BalancerClose(
+		m.Affinity4,
+		m.Affinity6,
 		m.BackendStats,
 		m.Backends,
 		m.Config,

@@ -20,6 +20,13 @@ type BenchAddrKey struct {
 	Pad    [3]uint8
 }
 
+type BenchAffinity struct {
+	_         structs.HostLayout
+	Island    uint32
+	Flags     uint32
+	ExpiresNs uint64
+}
+
 type BenchBackend struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
@@ -74,6 +81,18 @@ type BenchLbConfig struct {
 	Flags uint32
 }
 
+type BenchLpm4Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint8
+}
+
+type BenchLpm6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type BenchNameKey struct {
 	_    structs.HostLayout
 	Name [128]uint8
@@ -123,7 +142,10 @@ const (
 	BenchStatSTAT_FWD_RESCHEDULED    BenchStat = 16
 	BenchStatSTAT_ICMP_PTB_FORWARDED BenchStat = 17
 	BenchStatSTAT_ICMP_PTB_SENT      BenchStat = 18
-	BenchStatSTAT_MAX                BenchStat = 19
+	BenchStatSTAT_PASS_HANDOFF       BenchStat = 19
+	BenchStatSTAT_PASS_LOCAL_SOCKET  BenchStat = 20
+	BenchStatSTAT_FWD_AFFINITY       BenchStat = 21
+	BenchStatSTAT_MAX                BenchStat = 22
 )
 
 type BenchSvcKey struct {
@@ -146,6 +168,8 @@ type BenchSvcState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	BenchMapAffinity4     = "affinity4"
+	BenchMapAffinity6     = "affinity6"
 	BenchMapBackendStats  = "backend_stats"
 	BenchMapBackends      = "backends"
 	BenchMapBenchSeq      = "bench_seq"
@@ -217,6 +241,8 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
+	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
+	Affinity6    *ebpf.MapSpec `ebpf:"affinity6"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	BenchSeq     *ebpf.MapSpec `ebpf:"bench_seq"`
@@ -262,6 +288,8 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
+	Affinity4    *ebpf.Map `ebpf:"affinity4"`
+	Affinity6    *ebpf.Map `ebpf:"affinity6"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	BenchSeq     *ebpf.Map `ebpf:"bench_seq"`
@@ -280,6 +308,8 @@ type BenchMaps struct {
 
 func (m *BenchMaps) Close() error {
 	return _BenchClose(
+		m.Affinity4,
+		m.Affinity6,
 		m.BackendStats,
 		m.Backends,
 		m.BenchSeq,

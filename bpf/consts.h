@@ -42,6 +42,12 @@
 #define BE_DRAINING 2 /* keeps its flows, gets no new ones */
 #define BE_DOWN 3     /* its flows are re-placed */
 
+/* Client prefixes with an island affinity, per family (LPM tries). */
+#define MAX_AFFINITY 65536
+
+/* Affinity entry flags. */
+#define AFF_F_LEARNED 1 /* installed by the proxy from consistent logins */
+
 /* Conntrack entry flags. */
 #define CT_F_LOCAL 1 /* the flow belongs to the local stack (the proxy) */
 
@@ -73,6 +79,9 @@ enum stat {
 	STAT_FWD_RESCHEDULED,    /* conntrack hit on a DOWN or removed node, re-placed */
 	STAT_ICMP_PTB_FORWARDED, /* ICMP too-big about a VIP flow sent to its node */
 	STAT_ICMP_PTB_SENT,      /* ICMP too-big sent back to a client */
+	STAT_PASS_HANDOFF,       /* new front-door flow handed to the local proxy */
+	STAT_PASS_LOCAL_SOCKET,  /* front-door flow unknown to conntrack, owned by a local socket */
+	STAT_FWD_AFFINITY,       /* new front-door flow sent to an island by client affinity */
 	STAT_MAX,
 };
 

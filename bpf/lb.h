@@ -95,25 +95,6 @@ static __always_inline struct backend *maglev_pick(const struct packet *p, const
 	return be;
 }
 
-/* login_miss places a front-door flow conntrack does not know. Until the
- * affinity trie exists every such flow belongs to the local proxy: a SYN
- * is remembered as LOCAL so the flow never changes sides. */
-static __always_inline int login_miss(const struct packet *p, __u32 sid, __u32 gen)
-{
-	if (p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_) {
-		struct ct_entry e = {
-			.service = sid,
-			.flags = CT_F_LOCAL,
-			.gen = gen,
-			.created_ns = bpf_ktime_get_coarse_ns(),
-		};
-
-		ct_insert(p, &e);
-	}
-	count(STAT_PASS_LOCAL);
-	return XDP_PASS;
-}
-
 static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, __u8 fwd, const struct backend *be,
 				   __u32 be_id)
 {
@@ -152,7 +133,7 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
 	if (rc == REPLIED)
 		return XDP_TX;
 	if (rc == XDP_TX || rc == XDP_REDIRECT) {
-		int new_flow = outcome == STAT_FWD_NEW || outcome == STAT_FWD_RESCHEDULED;
+		int new_flow = outcome == STAT_FWD_NEW || outcome == STAT_FWD_RESCHEDULED || outcome == STAT_FWD_AFFINITY;
 
 		count(outcome);
 		count_traffic(&service_stats, sid, p->pkt_len, new_flow);
@@ -182,6 +163,110 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 		return CONTINUE;
 	return account(p, forward(ctx, p, st->fwd, be, be_id),
 		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
+}
+
+/* affinity_island finds the island of the client's longest matching
+ * prefix, if any (an expired learned entry counts as none). */
+static __always_inline int affinity_island(const struct packet *p, __u32 *island)
+{
+	struct affinity *a;
+
+	if (p->key.family == FAMILY_V4) {
+		struct lpm4_key k = {.prefixlen = 32};
+
+		__builtin_memcpy(k.addr, p->key.src, 4);
+		a = bpf_map_lookup_elem(&affinity4, &k);
+	} else {
+		struct lpm6_key k = {.prefixlen = 128};
+
+		__builtin_memcpy(k.addr, p->key.src, 16);
+		a = bpf_map_lookup_elem(&affinity6, &k);
+	}
+	if (!a)
+		return 0;
+	if (a->expires_ns && a->expires_ns < bpf_ktime_get_coarse_ns())
+		return 0;
+	*island = a->island;
+	return 1;
+}
+
+/* local_socket says whether the local stack has a connection (or a
+ * handshake in progress) for this packet; a listener alone does not
+ * count. */
+static __always_inline int local_socket(struct xdp_md *ctx, const struct packet *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int local;
+
+	if (p->key.family == FAMILY_V4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->key.src, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->key.dst, 4);
+		t.ipv4.sport = p->key.sport;
+		t.ipv4.dport = p->key.dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->key.src, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->key.dst, 16);
+		t.ipv6.sport = p->key.sport;
+		t.ipv6.dport = p->key.dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return 0;
+	local = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return local;
+}
+
+/* login_miss places a front-door flow that conntrack cannot. A packet of a
+ * flow the local stack owns stays local (an LRU eviction never moves a
+ * proxied session). A client prefix with an island affinity goes straight
+ * to that island's ring, like an island service; anything else is handed
+ * to the local proxy and remembered as LOCAL, so it never changes sides. */
+static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p, const struct service *svc,
+				      __u32 sid, __u32 gen, struct ct_entry *ct)
+{
+	int syn = p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
+	__u32 island, be_id = 0;
+	struct backend *be;
+
+	if (p->kind == PKT_TCP && !syn && local_socket(ctx, p)) {
+		count(STAT_PASS_LOCAL_SOCKET);
+		return XDP_PASS;
+	}
+	if (affinity_island(p, &island)) {
+		be = maglev_pick(p, svc, island, &be_id);
+		if (be) {
+			if (p->kind == PKT_TCP) {
+				struct ct_entry e = {
+					.backend = be_id,
+					.service = sid,
+					.gen = gen,
+					.created_ns = bpf_ktime_get_coarse_ns(),
+				};
+
+				if (ct)
+					*ct = e;
+				else
+					ct_insert(p, &e);
+			}
+			return account(p, forward(ctx, p, svc->fwd, be, be_id),
+				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_AFFINITY, sid, be_id);
+		}
+	}
+	if (syn) {
+		struct ct_entry e = {
+			.service = sid,
+			.flags = CT_F_LOCAL,
+			.gen = gen,
+			.created_ns = bpf_ktime_get_coarse_ns(),
+		};
+
+		ct_insert(p, &e);
+	}
+	count(STAT_PASS_HANDOFF);
+	return XDP_PASS;
 }
 
 /* place steers a packet conntrack cannot: no entry, an entry from another
@@ -221,7 +306,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 	}
 
 	if (svc->route == ROUTE_LOGIN)
-		return login_miss(p, sid, gen);
+		return login_miss(ctx, p, svc, sid, gen, ct);
 	be = maglev_pick(p, svc, svc->island, &be_id);
 	if (!be) {
 		count(STAT_DROP_NO_BACKEND);

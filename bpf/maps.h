@@ -71,6 +71,23 @@ struct {
 	__type(value, struct ct_entry);
 } conntrack6 SEC(".maps");
 
+/* Island affinity of client prefixes, for the front door (ROUTE_LOGIN). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_AFFINITY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm4_key);
+	__type(value, struct affinity);
+} affinity4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_AFFINITY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm6_key);
+	__type(value, struct affinity);
+} affinity6 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);

@@ -117,6 +117,26 @@ struct hc_target {
 	__u16 pad;
 };
 
+/* affinity4 / affinity6 keys: a client prefix. */
+struct lpm4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct lpm6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* affinity value: new front-door flows from the prefix go straight to
+ * this island's ring. A learned entry expires (expires_ns, CLOCK_MONOTONIC
+ * coarse); a static one has expires_ns 0. */
+struct affinity {
+	__u32 island;
+	__u32 flags; /* AFF_F_* */
+	__u64 expires_ns;
+};
+
 /* names key: a control-plane name ("s:imap-a/4", "b:imap-a/4/node-a1",
  * "i:a"). The data plane never reads the names map; it is pinned with the
  * others so a restarted daemon gives every object the id it had. */

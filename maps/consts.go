@@ -16,6 +16,8 @@ const (
 	MaxBackends = 4096
 	// MaxVIPAddrs is the size of the vip_addrs map.
 	MaxVIPAddrs = MaxServices * 2
+	// MaxAffinity is the number of client prefixes per family.
+	MaxAffinity = 65536
 	// DefaultConntrackSize is the conntrack size compiled into the object;
 	// the loader usually sets its own.
 	DefaultConntrackSize = 65536
@@ -134,6 +136,9 @@ const (
 	StatFwdRescheduled   = bpf.BalancerStatSTAT_FWD_RESCHEDULED
 	StatICMPPTBForwarded = bpf.BalancerStatSTAT_ICMP_PTB_FORWARDED
 	StatICMPPTBSent      = bpf.BalancerStatSTAT_ICMP_PTB_SENT
+	StatPassHandoff      = bpf.BalancerStatSTAT_PASS_HANDOFF
+	StatPassLocalSocket  = bpf.BalancerStatSTAT_PASS_LOCAL_SOCKET
+	StatFwdAffinity      = bpf.BalancerStatSTAT_FWD_AFFINITY
 	NumStats             = int(bpf.BalancerStatSTAT_MAX)
 )
 
@@ -158,6 +163,9 @@ var statNames = [NumStats]string{
 	StatFwdRescheduled:   "fwd_rescheduled",
 	StatICMPPTBForwarded: "icmp_ptb_forwarded",
 	StatICMPPTBSent:      "icmp_ptb_sent",
+	StatPassHandoff:      "pass_handoff",
+	StatPassLocalSocket:  "pass_local_socket",
+	StatFwdAffinity:      "fwd_affinity",
 }
 
 // StatName returns the snake_case name of a Stat ("fwd_new"), used in

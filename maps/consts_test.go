@@ -27,6 +27,8 @@ func TestConstsMatchObject(t *testing.T) {
 		MapStats:        uint32(NumStats),
 		MapServiceStats: MaxServices,
 		MapBackendStats: MaxBackends,
+		MapAffinity4:    MaxAffinity,
+		MapAffinity6:    MaxAffinity,
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {

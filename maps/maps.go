@@ -88,6 +88,8 @@ type Maps struct {
 	ServiceStats *ebpf.Map
 	BackendStats *ebpf.Map
 	Names        *ebpf.Map // control-plane ids by name (never read by XDP)
+	Affinity4    *ebpf.Map // client IPv4 prefix -> island (front door)
+	Affinity6    *ebpf.Map // client IPv6 prefix -> island (front door)
 
 	mu sync.Mutex
 }
@@ -109,6 +111,8 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapServiceStats: &m.ServiceStats,
 		MapBackendStats: &m.BackendStats,
 		MapNames:        &m.Names,
+		MapAffinity4:    &m.Affinity4,
+		MapAffinity6:    &m.Affinity6,
 	} {
 		mp, ok := coll.Maps[name]
 		if !ok {

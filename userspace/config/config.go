@@ -222,6 +222,8 @@ type Proxy struct {
 	// MaxConnectionsPerSource caps the connections from one client
 	// address; -1: no cap.
 	MaxConnectionsPerSource int
+	// LMTP are the LMTP router's limits.
+	LMTP ProxyLMTP
 	// AuthThrottle delays the answers to clients that fail to log in.
 	AuthThrottle AuthThrottle
 	// SourceAddresses are the local addresses the proxy dials nodes from,
@@ -231,6 +233,15 @@ type Proxy struct {
 	DialTimeout time.Duration
 	// Line is the line of the proxy key (0: the section is absent).
 	Line int
+}
+
+// ProxyLMTP are the LMTP router's limits (login services with protocol
+// lmtp).
+type ProxyLMTP struct {
+	// MaxMessageSize is the largest message accepted, in bytes (SIZE).
+	MaxMessageSize int
+	// MaxRecipients is the most recipients of one transaction.
+	MaxRecipients int
 }
 
 // ProxyTLS is the proxy's certificate for clients: both files set, or

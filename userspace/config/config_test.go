@@ -917,7 +917,7 @@ func TestLoginDefaults(t *testing.T) {
 	want := Proxy{Hostname: host, PreLoginTimeout: time.Minute, MaxLine: 8192, MaxLiteral: 8192,
 		MaxBadCommands: 10, MaxLoginTries: 3, MaxConnectionsPerSource: 50,
 		AuthThrottle: AuthThrottle{Threshold: 5, Window: 10 * time.Minute, BaseDelay: time.Second, MaxDelay: 30 * time.Second},
-		DialTimeout:  5 * time.Second}
+		DialTimeout:  5 * time.Second, LMTP: ProxyLMTP{MaxMessageSize: 50 << 20, MaxRecipients: 100}}
 	if fmt.Sprint(cfg.Proxy) != fmt.Sprint(want) {
 		t.Errorf("proxy:\n got %+v\nwant %+v", cfg.Proxy, want)
 	}
@@ -1027,7 +1027,8 @@ directory:
 		MaxBadCommands: 1000, MaxLoginTries: 1, MaxConnectionsPerSource: -1,
 		AuthThrottle:    AuthThrottle{Threshold: -1, Window: 24 * time.Hour, BaseDelay: 10 * time.Millisecond, MaxDelay: 10 * time.Minute},
 		SourceAddresses: []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8:1::1")},
-		DialTimeout:     100 * time.Millisecond, Line: markedLineOf(t, text, "proxy:")}
+		DialTimeout:     100 * time.Millisecond, Line: markedLineOf(t, text, "proxy:"),
+		LMTP: ProxyLMTP{MaxMessageSize: 50 << 20, MaxRecipients: 100}}
 	if fmt.Sprint(cfg.Proxy) != fmt.Sprint(want) {
 		t.Errorf("proxy:\n got %+v\nwant %+v", cfg.Proxy, want)
 	}

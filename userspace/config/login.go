@@ -32,6 +32,8 @@ const (
 	defaultBaseDelay       = time.Second
 	defaultMaxDelay        = 30 * time.Second
 	defaultDialTimeout     = 5 * time.Second
+	defaultMaxMessageSize  = 50 << 20
+	defaultMaxRecipients   = 100
 	defaultLDAPTimeout     = 2 * time.Second
 	defaultPoolSize        = 4
 	defaultPositiveTTL     = 5 * time.Minute
@@ -154,7 +156,8 @@ func (c *checker) proxy(r *rawProxy) {
 		MaxLine: defaultMaxLine, MaxLiteral: defaultMaxLiteral, MaxBadCommands: defaultMaxBadCommands,
 		MaxLoginTries: defaultMaxLoginTries, MaxConnectionsPerSource: defaultMaxConnsPerSrc,
 		AuthThrottle: AuthThrottle{Threshold: defaultThreshold, Window: defaultWindow, BaseDelay: defaultBaseDelay, MaxDelay: defaultMaxDelay},
-		DialTimeout:  defaultDialTimeout, Line: c.keyLine(pa)}
+		DialTimeout:  defaultDialTimeout, Line: c.keyLine(pa),
+		LMTP: ProxyLMTP{MaxMessageSize: defaultMaxMessageSize, MaxRecipients: defaultMaxRecipients}}
 	c.proxyTLSKnown = !c.bad(pa.add("tls"))
 	if r == nil {
 		return
@@ -191,6 +194,12 @@ func (c *checker) proxy(r *rawProxy) {
 		default:
 			c.errorf(c.line(ip), "proxy.idle_timeout: %s is too short: an IMAP client in IDLE stays silent for up to 29 minutes between re-IDLEs (RFC 2177) and its sessions last hours, so this would cut them; use 0s (none: the node's own timeouts apply) or %s or more", fmtDur(d), fmtDur(minIdleTimeout))
 		}
+	}
+	if r.LMTP != nil {
+		c.intSettings(pa.add("lmtp"), []intSetting{
+			{"max_message_size", r.LMTP.MaxMessageSize, &x.LMTP.MaxMessageSize, 1 << 10, 1 << 30, "", "the largest message the LMTP router accepts, in bytes"},
+			{"max_recipients", r.LMTP.MaxRecipients, &x.LMTP.MaxRecipients, 1, 10000, "", "recipients of one LMTP transaction"},
+		})
 	}
 	c.intSettings(pa, []intSetting{
 		{"max_line", r.MaxLine, &x.MaxLine, 512, 1 << 20, "", "the longest command line before login, in bytes"},

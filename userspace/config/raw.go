@@ -67,6 +67,12 @@ type rawProxy struct {
 	AuthThrottle            *rawAuthThrottle `yaml:"auth_throttle"`
 	SourceAddresses         []string         `yaml:"source_addresses"`
 	DialTimeout             *time.Duration   `yaml:"dial_timeout"`
+	LMTP                    *rawProxyLMTP    `yaml:"lmtp"`
+}
+
+type rawProxyLMTP struct {
+	MaxMessageSize *int `yaml:"max_message_size"`
+	MaxRecipients  *int `yaml:"max_recipients"`
 }
 
 type rawProxyTLS struct {

@@ -594,6 +594,8 @@ var leafWants = map[string]string{
 	"pre_login_timeout":          "a duration with a unit, such as 60s",
 	"idle_timeout":               "a duration with a unit, such as 2h (0s: none; otherwise 30m or more)",
 	"dial_timeout":               "a duration with a unit, such as 5s",
+	"max_message_size":           "a number of bytes, such as 52428800",
+	"max_recipients":             "a number, such as 100",
 	"window":                     "a duration with a unit, such as 10m",
 	"base_delay":                 "a duration with a unit, such as 1s or 500ms",
 	"max_delay":                  "a duration with a unit, such as 30s",

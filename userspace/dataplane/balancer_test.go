@@ -625,29 +625,6 @@ func TestICMPToNode(t *testing.T) {
 	}
 }
 
-// TestLoginMode: front-door flows go to the local stack and stay there.
-func TestLoginMode(t *testing.T) {
-	e := newProgEnv(t)
-	svcs := []maps.Service{svcLogin4}
-	b := setup(t, e, svcs...)
-	putNodes(t, b.Maps, false, svcs, 0, 1, 2)
-	s := syn(client4, 33333, vip4, 110)
-	if v, _ := e.run(t, b.Program, packet.TCP(s)); v != xdpPass {
-		t.Fatalf("SYN: %s, want PASS", verdict(v))
-	}
-	f, ok, err := b.Maps.LookupFlow(maps.NewFlowKey(netip.AddrPortFrom(client4, 33333), netip.AddrPortFrom(vip4, 110)))
-	if err != nil || !ok || !f.Local {
-		t.Fatalf("conntrack after SYN: %+v ok=%v err=%v, want a LOCAL entry", f, ok, err)
-	}
-	s.Flags = packet.FlagACK
-	if v, _ := e.run(t, b.Program, packet.TCP(s)); v != xdpPass {
-		t.Fatalf("ACK: %s, want PASS", verdict(v))
-	}
-	if got := stat(t, b.Maps, maps.StatPassLocal); got != 2 {
-		t.Fatalf("pass_local %d, want 2", got)
-	}
-}
-
 // TestFlowsAndFlush: the Go side lists and flushes the flows of both
 // families exactly as the data plane wrote them.
 func TestFlowsAndFlush(t *testing.T) {

@@ -63,6 +63,7 @@ var testNodes = []testNode{
 type progEnv struct {
 	*progrun.Env
 	lbMAC net.HardwareAddr
+	prog  *ebpf.Program // the program tests run by default
 }
 
 func newProgEnv(t testing.TB) *progEnv {
