@@ -23,7 +23,8 @@ type BalancerAddrKey struct {
 type BalancerAffinity struct {
 	_         structs.HostLayout
 	Island    uint32
-	Flags     uint32
+	Flags     uint16
+	ProbeMask uint16
 	ExpiresNs uint64
 }
 
@@ -145,7 +146,8 @@ const (
 	BalancerStatSTAT_PASS_HANDOFF       BalancerStat = 19
 	BalancerStatSTAT_PASS_LOCAL_SOCKET  BalancerStat = 20
 	BalancerStatSTAT_FWD_AFFINITY       BalancerStat = 21
-	BalancerStatSTAT_MAX                BalancerStat = 22
+	BalancerStatSTAT_PASS_PROBE         BalancerStat = 22
+	BalancerStatSTAT_MAX                BalancerStat = 23
 )
 
 type BalancerSvcKey struct {

@@ -23,7 +23,8 @@ type BenchAddrKey struct {
 type BenchAffinity struct {
 	_         structs.HostLayout
 	Island    uint32
-	Flags     uint32
+	Flags     uint16
+	ProbeMask uint16
 	ExpiresNs uint64
 }
 
@@ -145,7 +146,8 @@ const (
 	BenchStatSTAT_PASS_HANDOFF       BenchStat = 19
 	BenchStatSTAT_PASS_LOCAL_SOCKET  BenchStat = 20
 	BenchStatSTAT_FWD_AFFINITY       BenchStat = 21
-	BenchStatSTAT_MAX                BenchStat = 22
+	BenchStatSTAT_PASS_PROBE         BenchStat = 22
+	BenchStatSTAT_MAX                BenchStat = 23
 )
 
 type BenchSvcKey struct {

@@ -166,8 +166,9 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 }
 
 /* affinity_island finds the island of the client's longest matching
- * prefix, if any (an expired learned entry counts as none). */
-static __always_inline int affinity_island(const struct packet *p, __u32 *island)
+ * prefix, if any (an expired learned entry counts as none). A learned
+ * entry sends the flows its probe_mask picks to the proxy (*probe). */
+static __always_inline int affinity_island(const struct packet *p, __u32 *island, int *probe)
 {
 	struct affinity *a;
 
@@ -187,6 +188,7 @@ static __always_inline int affinity_island(const struct packet *p, __u32 *island
 	if (a->expires_ns && a->expires_ns < bpf_ktime_get_coarse_ns())
 		return 0;
 	*island = a->island;
+	*probe = a->probe_mask && !(flow_hash(&p->key, hash_seed) & a->probe_mask);
 	return 1;
 }
 
@@ -228,14 +230,27 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 				      __u32 sid, __u32 gen, struct ct_entry *ct)
 {
 	int syn = p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
-	__u32 island, be_id = 0;
+	__u32 island, be_id = 0, handoff = STAT_PASS_HANDOFF;
 	struct backend *be;
+	int found, probe = 0;
 
 	if (p->kind == PKT_TCP && !syn && local_socket(ctx, p)) {
+		/* Remembered again, so the next packets skip the socket lookup. */
+		struct ct_entry e = {
+			.service = sid,
+			.flags = CT_F_LOCAL,
+			.gen = gen,
+			.created_ns = bpf_ktime_get_coarse_ns(),
+		};
+
+		ct_insert(p, &e);
 		count(STAT_PASS_LOCAL_SOCKET);
 		return XDP_PASS;
 	}
-	if (affinity_island(p, &island)) {
+	found = affinity_island(p, &island, &probe);
+	if (found && probe)
+		handoff = STAT_PASS_PROBE;
+	if (found && !probe) {
 		be = maglev_pick(p, svc, island, &be_id);
 		if (be) {
 			if (p->kind == PKT_TCP) {
@@ -265,7 +280,7 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 
 		ct_insert(p, &e);
 	}
-	count(STAT_PASS_HANDOFF);
+	count(handoff);
 	return XDP_PASS;
 }
 

@@ -130,10 +130,13 @@ struct lpm6_key {
 
 /* affinity value: new front-door flows from the prefix go straight to
  * this island's ring. A learned entry expires (expires_ns, CLOCK_MONOTONIC
- * coarse); a static one has expires_ns 0. */
+ * coarse; a static one has 0) and keeps the new flows whose flow hash has
+ * no bit of probe_mask set going through the proxy, which so still sees
+ * some logins from the address and notices one into another island. */
 struct affinity {
 	__u32 island;
-	__u32 flags; /* AFF_F_* */
+	__u16 flags;      /* AFF_F_* */
+	__u16 probe_mask; /* 0: no probing; 7: one new flow in 8 to the proxy */
 	__u64 expires_ns;
 };
 

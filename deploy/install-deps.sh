@@ -10,6 +10,8 @@ packages=(
 	iputils-ping curl python3 openssl
 	dovecot-imapd dovecot-pop3d dovecot-lmtpd   # deploy/lab/peer: real IMAP/POP3/LMTP nodes
 	slapd ldap-utils                # deploy/lab/peer: private LDAP directory
+	postfix                         # deploy/lab/peer: private MTA relaying to LMTP
+	swaks libnet-ssleay-perl        # proxy/lmtp tests: an MTA's LMTP client (with STARTTLS)
 )
 
 missing=()
@@ -31,11 +33,26 @@ if ((${#missing[@]})); then
 	# slapd: install the binaries only; without this its postinst builds a
 	# system database under /etc/ldap/slapd.d (private instances use their own).
 	echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections
+	# postfix: binaries only, no /etc/postfix/main.cf and no system MTA on
+	# port 25 (deploy/lab/peer runs private instances with their own config).
+	printf '%s\n' 'postfix postfix/main_mailer_type select No configuration' \
+		'postfix postfix/mailname string mta.example.org' | debconf-set-selections
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	if [[ -n $made_policy ]]; then
 		rm -f /usr/sbin/policy-rc.d
 		trap - EXIT
+	fi
+	# A system postfix must not run. Neither the preseed nor policy-rc.d
+	# lets the package start one; should one run anyway, stop it by its
+	# pid file (never by name).
+	pidf=/var/spool/postfix/pid/master.pid
+	if [[ " ${missing[*]} " == *" postfix "* && -s $pidf ]]; then
+		pid=$(tr -dc 0-9 <"$pidf")
+		if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == master ]]; then
+			echo "install-deps: stopping the system postfix (pid $pid)"
+			kill "$pid"
+		fi
 	fi
 fi
 

@@ -32,6 +32,9 @@ type Affinity struct {
 	// data plane's clock); static ones never (zero).
 	Learned bool
 	Expires time.Duration
+	// ProbeMask keeps the new flows whose flow hash has none of its bits
+	// set going through the proxy (0: none; 7: one in 8).
+	ProbeMask uint16
 }
 
 func (m *Maps) affinityMap(p netip.Prefix) (*ebpf.Map, error) {
@@ -64,7 +67,7 @@ func (m *Maps) PutAffinity(a Affinity) error {
 	if a.Island >= MaxIslands {
 		return fmt.Errorf("maps: affinity %v: island id %d out of range", a.Prefix, a.Island)
 	}
-	v := bpf.BalancerAffinity{Island: a.Island, ExpiresNs: uint64(a.Expires)}
+	v := bpf.BalancerAffinity{Island: a.Island, ExpiresNs: uint64(a.Expires), ProbeMask: a.ProbeMask}
 	if a.Learned {
 		v.Flags = AffinityLearned
 	}
@@ -90,7 +93,7 @@ func (m *Maps) DeleteAffinity(p netip.Prefix) error {
 func (m *Maps) ListAffinity() ([]Affinity, error) {
 	var out []Affinity
 	conv := func(p netip.Prefix, v *bpf.BalancerAffinity) {
-		out = append(out, Affinity{Prefix: p, Island: v.Island, Learned: v.Flags&AffinityLearned != 0, Expires: time.Duration(v.ExpiresNs)})
+		out = append(out, Affinity{Prefix: p, Island: v.Island, Learned: v.Flags&AffinityLearned != 0, Expires: time.Duration(v.ExpiresNs), ProbeMask: v.ProbeMask})
 	}
 	var (
 		k4 bpf.BalancerLpm4Key

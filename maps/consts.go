@@ -139,6 +139,7 @@ const (
 	StatPassHandoff      = bpf.BalancerStatSTAT_PASS_HANDOFF
 	StatPassLocalSocket  = bpf.BalancerStatSTAT_PASS_LOCAL_SOCKET
 	StatFwdAffinity      = bpf.BalancerStatSTAT_FWD_AFFINITY
+	StatPassProbe        = bpf.BalancerStatSTAT_PASS_PROBE
 	NumStats             = int(bpf.BalancerStatSTAT_MAX)
 )
 
@@ -166,6 +167,7 @@ var statNames = [NumStats]string{
 	StatPassHandoff:      "pass_handoff",
 	StatPassLocalSocket:  "pass_local_socket",
 	StatFwdAffinity:      "fwd_affinity",
+	StatPassProbe:        "pass_probe",
 }
 
 // StatName returns the snake_case name of a Stat ("fwd_new"), used in

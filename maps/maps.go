@@ -418,12 +418,28 @@ func (m *Maps) Ring(serviceID, island uint32) ([]uint32, error) {
 	if err := inner.Lookup(uint32(0), &size); err != nil {
 		return nil, fmt.Errorf("maps: ring (%d, %d) size: %w", serviceID, island, err)
 	}
-	out := make([]uint32, size)
-	for i := range out {
-		if err := inner.Lookup(uint32(i+1), &out[i]); err != nil {
-			return nil, fmt.Errorf("maps: ring (%d, %d) slot %d: %w", serviceID, island, i+1, err)
+	// One batch call per chunk instead of a syscall per slot: a restarted
+	// daemon reads every ring.
+	out := make([]uint32, 0, size)
+	keys := make([]uint32, 4096)
+	vals := make([]uint32, 4096)
+	var cursor ebpf.MapBatchCursor
+	all := make([]uint32, size+1)
+	for {
+		n, err := inner.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if keys[i] <= size {
+				all[keys[i]] = vals[i]
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("maps: ring (%d, %d): %w", serviceID, island, err)
 		}
 	}
+	out = append(out, all[1:]...)
 	return out, nil
 }
 

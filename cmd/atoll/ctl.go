@@ -199,6 +199,9 @@ func printStatus(w io.Writer, st api.Status) {
 		}
 	}
 	tw.Flush()
+	if aff, hand := st.Outcomes["fwd_affinity"], st.Outcomes["pass_handoff"]; aff+hand > 0 {
+		fmt.Fprintf(w, "\nfront door: %d new flows straight to an island by affinity (XDP), %d handed to the proxy\n", aff, hand)
+	}
 	if len(st.Outcomes) > 0 {
 		fmt.Fprint(w, "\ndata-plane outcomes:")
 		for _, k := range sortedKeys(st.Outcomes) {

@@ -87,6 +87,7 @@ func (p *parser) run() *Config {
 	c.directory(raw.Directory)
 	c.islands(raw.Islands)
 	c.services(raw.Services)
+	c.affinity(raw.Affinity)
 	c.limits()
 	c.addressClashes()
 	c.ringSize()

@@ -114,6 +114,9 @@ type Config struct {
 	API API
 	// Proxy is the proxy section; it has its defaults when absent.
 	Proxy Proxy
+	// Affinity is the affinity section (client prefixes straight to an
+	// island through the front door); defaults when absent.
+	Affinity Affinity
 	// Directory is the directory section (see HasDirectory); its Names
 	// have their defaults when absent.
 	Directory Directory
@@ -233,6 +236,47 @@ type Proxy struct {
 	DialTimeout time.Duration
 	// Line is the line of the proxy key (0: the section is absent).
 	Line int
+}
+
+// Affinity says which client prefixes go straight to an island through
+// the front door (routing login) without the proxy.
+type Affinity struct {
+	// Static prefixes from the file: webmail servers, corporate NAT
+	// ranges, MTAs of a hosted domain. The most specific prefix wins.
+	Static []AffinityPrefix
+	// Learn lets the proxy install a client address whose logins all land
+	// in one island.
+	Learn AffinityLearn
+	Line  int
+}
+
+// AffinityPrefix is one static client prefix and its island.
+type AffinityPrefix struct {
+	Prefix netip.Prefix
+	Island string
+	Line   int
+}
+
+// AffinityLearn tunes learned affinity (off by default). Behind NAT many
+// users share one address: one user of another island there is a
+// conflict, which removes the entry and bars the address from learning
+// for Bar — so a shared address may go back and forth between the proxy
+// and an island, but never sends a user to the wrong island for longer
+// than one conflicting login.
+type AffinityLearn struct {
+	Enabled bool
+	// Logins: consecutive logins from one address into one island before
+	// the address is learned.
+	Logins int
+	// TTL of a learned entry; Bar: how long an address with a conflict is
+	// not learned again.
+	TTL, Bar time.Duration
+	// MaxEntries bounds the learned entries.
+	MaxEntries int
+	// VerifyOneIn: one new flow in this many from a learned address still
+	// goes through the proxy, so a login into another island is noticed
+	// (a power of two; 0: never — then a conflict is never seen).
+	VerifyOneIn int
 }
 
 // ProxyLMTP are the LMTP router's limits (login services with protocol

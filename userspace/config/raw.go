@@ -7,6 +7,25 @@ import "time"
 // so a default can be told from a written zero; a string "" counts as
 // absent.
 
+type rawAffinity struct {
+	Static []rawAffinityPrefix `yaml:"static"`
+	Learn  *rawAffinityLearn   `yaml:"learn"`
+}
+
+type rawAffinityPrefix struct {
+	Prefix string `yaml:"prefix"`
+	Island string `yaml:"island"`
+}
+
+type rawAffinityLearn struct {
+	Enabled     bool           `yaml:"enabled"`
+	Logins      *int           `yaml:"logins"`
+	TTL         *time.Duration `yaml:"ttl"`
+	Bar         *time.Duration `yaml:"bar"`
+	MaxEntries  *int           `yaml:"max_entries"`
+	VerifyOneIn *int           `yaml:"verify_one_in"`
+}
+
 type rawConfig struct {
 	Dataplane *rawDataplane `yaml:"dataplane"`
 	Health    *rawHealth    `yaml:"health"`
@@ -16,6 +35,7 @@ type rawConfig struct {
 	Directory *rawDirectory `yaml:"directory"`
 	Islands   []rawIsland   `yaml:"islands"`
 	Services  []rawService  `yaml:"services"`
+	Affinity  *rawAffinity  `yaml:"affinity"`
 }
 
 type rawDataplane struct {

@@ -73,6 +73,7 @@ type Reconciler struct {
 	services map[uint32]maps.Service // what is in the maps, by id
 	backends map[uint32]maps.Backend
 	rings    map[ringSlot]ringState
+	affinity map[netip.Prefix]uint32 // static entries in the maps
 	sources  [2]netip.Addr
 	status   []ServiceState
 }
@@ -100,6 +101,16 @@ func New(m *maps.Maps, log *slog.Logger) (*Reconciler, error) {
 		services: map[uint32]maps.Service{},
 		backends: map[uint32]maps.Backend{},
 		rings:    map[ringSlot]ringState{},
+		affinity: map[netip.Prefix]uint32{},
+	}
+	aff, err := m.ListAffinity()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range aff {
+		if !a.Learned {
+			r.affinity[a.Prefix] = a.Island
+		}
 	}
 	svcs, err := m.ListServices()
 	if err != nil {
@@ -107,12 +118,21 @@ func New(m *maps.Maps, log *slog.Logger) (*Reconciler, error) {
 	}
 	for _, s := range svcs {
 		r.services[s.ID] = s
-		table, err := m.Ring(s.ID, s.Island)
-		if err != nil {
-			return nil, err
+		islands := []uint32{s.Island}
+		if s.Route == maps.RouteLogin {
+			islands = islands[:0]
+			for _, id := range ids.names(kindIsland) {
+				islands = append(islands, id)
+			}
 		}
-		if table != nil {
-			r.rings[ringSlot{s.ID, s.Island}] = ringState{table: table}
+		for _, isl := range islands {
+			table, err := m.Ring(s.ID, isl)
+			if err != nil {
+				return nil, err
+			}
+			if table != nil {
+				r.rings[ringSlot{s.ID, isl}] = ringState{table: table}
+			}
 		}
 	}
 	if r.sources[0], r.sources[1], err = m.Sources(); err != nil {
@@ -161,6 +181,7 @@ type desired struct {
 	rings    map[ringSlot]ringPlan
 	status   []ServiceState
 	keep     map[string]bool // names (with kind prefix) still in use
+	affinity map[netip.Prefix]uint32
 }
 
 type ringPlan struct {
@@ -175,6 +196,7 @@ func (r *Reconciler) plan(cfg *config.Config, hf HealthFunc, drains map[string]b
 		backends: map[uint32]maps.Backend{},
 		rings:    map[ringSlot]ringPlan{},
 		keep:     map[string]bool{},
+		affinity: map[netip.Prefix]uint32{},
 	}
 	fwd := map[string]maps.ForwardMode{config.ForwardL2DSR: maps.ForwardL2DSR, config.ForwardIPIP: maps.ForwardIPIP}
 	route := map[string]maps.RouteMode{config.RouteIsland: maps.RouteIsland, config.RouteLogin: maps.RouteLogin}
@@ -204,46 +226,58 @@ func (r *Reconciler) plan(cfg *config.Config, hf HealthFunc, drains map[string]b
 				Name: s.Name, Key: key, ID: sid, VIP: netip.AddrPortFrom(vip, s.Port),
 				Protocol: s.Protocol, Forwarding: s.Forwarding, Routing: s.Routing, Island: s.Island,
 			}
+			// An island service has one ring, of its island; the front door
+			// (routing login) one per island, for client affinity.
+			islands := []*config.Island{cfg.IslandByName(s.Island)}
 			if s.Routing != config.RouteIsland {
-				d.status = append(d.status, st)
-				continue
+				islands = islands[:0]
+				for ii := range cfg.Islands {
+					islands = append(islands, &cfg.Islands[ii])
+				}
 			}
-			isl := cfg.IslandByName(s.Island)
-			var ring []maps.MaglevNode
-			var inputs strings.Builder
-			fmt.Fprintf(&inputs, "size=%d", cfg.Dataplane.RingSize)
-			for ni := range isl.Nodes {
-				n := &isl.Nodes[ni]
-				addr, ok := nodeAddr(n, fam)
-				if !ok {
-					continue
+			for _, isl := range islands {
+				nodeIsland := r.ids.byName[kindIsland+isl.Name]
+				var ring []maps.MaglevNode
+				var inputs strings.Builder
+				fmt.Fprintf(&inputs, "size=%d", cfg.Dataplane.RingSize)
+				for ni := range isl.Nodes {
+					n := &isl.Nodes[ni]
+					addr, ok := nodeAddr(n, fam)
+					if !ok {
+						continue
+					}
+					bkey := key + "/" + n.Name
+					bid, err := r.ids.get(kindBackend, bkey)
+					if err != nil {
+						return nil, err
+					}
+					d.keep[kindBackend+bkey] = true
+					h := health.StateUnknown
+					if hf != nil {
+						h = hf(s.Name, n.Name, fam, addr)
+					}
+					ns := NodeState{Node: n.Name, Island: isl.Name, BackendID: bid, Addr: addr, Weight: n.Weight, Health: h, Drained: drains[n.Name]}
+					switch {
+					case h == health.StateDown:
+						ns.State = maps.StateDown
+					case ns.Drained || n.Weight == 0:
+						ns.State = maps.StateDraining
+					default:
+						ns.State = maps.StateUp
+						ring = append(ring, maps.MaglevNode{Name: n.Name, ID: bid, Weight: n.Weight})
+						fmt.Fprintf(&inputs, ";%s=%d*%d", n.Name, bid, n.Weight)
+					}
+					d.backends[bid] = maps.Backend{ID: bid, Addr: addr, State: ns.State, Island: nodeIsland}
+					st.Nodes = append(st.Nodes, ns)
 				}
-				bkey := key + "/" + n.Name
-				bid, err := r.ids.get(kindBackend, bkey)
-				if err != nil {
-					return nil, err
-				}
-				d.keep[kindBackend+bkey] = true
-				h := health.StateUnknown
-				if hf != nil {
-					h = hf(s.Name, n.Name, fam, addr)
-				}
-				ns := NodeState{Node: n.Name, Island: isl.Name, BackendID: bid, Addr: addr, Weight: n.Weight, Health: h, Drained: drains[n.Name]}
-				switch {
-				case h == health.StateDown:
-					ns.State = maps.StateDown
-				case ns.Drained || n.Weight == 0:
-					ns.State = maps.StateDraining
-				default:
-					ns.State = maps.StateUp
-					ring = append(ring, maps.MaglevNode{Name: n.Name, ID: bid, Weight: n.Weight})
-					fmt.Fprintf(&inputs, ";%s=%d*%d", n.Name, bid, n.Weight)
-				}
-				d.backends[bid] = maps.Backend{ID: bid, Addr: addr, State: ns.State, Island: islandID}
-				st.Nodes = append(st.Nodes, ns)
+				d.rings[ringSlot{sid, nodeIsland}] = ringPlan{inputs: inputs.String(), nodes: ring}
 			}
-			d.rings[ringSlot{sid, islandID}] = ringPlan{inputs: inputs.String(), nodes: ring}
 			d.status = append(d.status, st)
+		}
+	}
+	for _, a := range cfg.Affinity.Static {
+		if id, ok := r.ids.byName[kindIsland+a.Island]; ok {
+			d.affinity[a.Prefix] = id
 		}
 	}
 	return d, nil
@@ -292,6 +326,26 @@ func (r *Reconciler) Apply(cfg *config.Config, hf HealthFunc, drains map[string]
 			res.RingsWritten++
 		}
 		r.rings[slot] = ringState{inputs: p.inputs, table: table}
+	}
+	// 2b. Static client affinity, once the rings it points at exist
+	// (learned entries belong to the Learner and are left alone).
+	for p, id := range d.affinity {
+		if old, ok := r.affinity[p]; !ok || old != id {
+			if err := r.m.PutAffinity(maps.Affinity{Prefix: p, Island: id}); err != nil {
+				return res, err
+			}
+			r.affinity[p] = id
+			res.Writes++
+		}
+	}
+	for p := range r.affinity {
+		if _, ok := d.affinity[p]; !ok {
+			if err := r.m.DeleteAffinity(p); err != nil {
+				return res, err
+			}
+			delete(r.affinity, p)
+			res.Writes++
+		}
 	}
 	// 3. Backends going DOWN, now that no ring names them.
 	for id, b := range d.backends {
@@ -425,6 +479,14 @@ func (r *Reconciler) SetDrain(node string, drained bool) error {
 	}
 	r.ids.byName[key] = 1
 	return nil
+}
+
+// IslandID returns the id of an island (for the Learner).
+func (r *Reconciler) IslandID(name string) (uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.ids.byName[kindIsland+name]
+	return id, ok
 }
 
 // BackendID returns the id of the backend of node for a service's VIP

@@ -1,9 +1,12 @@
 package control
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/atoll-lb/atoll/maps"
 	"github.com/atoll-lb/atoll/userspace/config"
@@ -81,8 +84,9 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Writes == 0 || res.RingsWritten != 3 {
-		t.Fatalf("first apply: %+v, want writes and 3 rings", res)
+	// imap-a ×2, imap-b, and the front door's ring in each island.
+	if res.Writes == 0 || res.RingsWritten != 5 {
+		t.Fatalf("first apply: %+v, want writes and 5 rings", res)
 	}
 	svcs, _ := b.Maps.ListServices()
 	if len(svcs) != 4 {
@@ -139,8 +143,8 @@ func TestApplyIdempotent(t *testing.T) {
 	}
 	// Drain n2: draining everywhere, nothing else rebuilt.
 	res, err = r.Apply(cfg, down, map[string]bool{"n2": true})
-	if err != nil || res.RingsRebuilt != 2 {
-		t.Fatalf("drain n2: %+v, %v; want the 2 rings of imap-a rebuilt", res, err)
+	if err != nil || res.RingsRebuilt != 3 {
+		t.Fatalf("drain n2: %+v, %v; want the 2 rings of imap-a and the front door's ring of island a rebuilt", res, err)
 	}
 	if s := nodeIn(r.Status(), "imap-a/6", "n2").State; s != maps.StateDraining {
 		t.Fatalf("drained n2: %v", s)
@@ -159,8 +163,8 @@ func TestApplyRemovesAndAdopts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, be := r2.Adopted(); s != 4 || be != 7 {
-		t.Fatalf("adopted %d services, %d backends; want 4, 7", s, be)
+	if s, be := r2.Adopted(); s != 4 || be != 11 {
+		t.Fatalf("adopted %d services, %d backends; want 4, 11 (the front door has a backend per node)", s, be)
 	}
 	res, err := r2.Apply(cfg, nil, nil)
 	if err != nil || res.RingsWritten != 0 || res.Writes != 0 {
@@ -212,3 +216,67 @@ func TestIDQuarantine(t *testing.T) {
 		t.Fatalf("released id %d reused at once", a)
 	}
 }
+
+// TestFrontDoorRingsAndAffinity: a login service gets a ring in every
+// island; static affinity entries follow the config and learned ones are
+// left alone.
+func TestFrontDoorRingsAndAffinity(t *testing.T) {
+	r, b := newRec(t)
+	text := testConfig + `affinity:
+  static:
+    - {prefix: 192.0.2.0/24, island: b}
+    - {prefix: "2001:db8:c::/64", island: a}
+`
+	if _, err := r.Apply(load(t, text), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var front ServiceState
+	for _, s := range r.Status() {
+		if s.Name == "front" {
+			front = s
+		}
+	}
+	if len(front.Nodes) != 4 {
+		t.Fatalf("front door nodes %+v, want the 4 nodes of both islands", front.Nodes)
+	}
+	for _, isl := range []string{"a", "b"} {
+		id, _ := r.IslandID(isl)
+		if ring, _ := b.Maps.Ring(front.ID, id); len(ring) != 1009 {
+			t.Fatalf("front door ring of island %s: %d entries", isl, len(ring))
+		}
+	}
+	learned := maps.Affinity{Prefix: netip.MustParsePrefix("192.0.2.99/32"), Island: 0, Learned: true, Expires: time.Hour}
+	if err := b.Maps.PutAffinity(learned); err != nil {
+		t.Fatal(err)
+	}
+	list := func() map[netip.Prefix]maps.Affinity {
+		all, err := b.Maps.ListAffinity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[netip.Prefix]maps.Affinity{}
+		for _, a := range all {
+			out[a.Prefix] = a
+		}
+		return out
+	}
+	idB, _ := r.IslandID("b")
+	if got := list(); len(got) != 3 || got[netip.MustParsePrefix("192.0.2.0/24")].Island != idB {
+		t.Fatalf("affinity %+v", got)
+	}
+	// Drop one static prefix: it goes, the learned entry stays.
+	text2 := testConfig + `affinity:
+  static:
+    - {prefix: "2001:db8:c::/64", island: a}
+`
+	res, err := r.Apply(load(t, text2), nil, nil)
+	if err != nil || res.Writes != 1 {
+		t.Fatalf("apply: %+v %v, want one write", res, err)
+	}
+	got := list()
+	if _, ok := got[netip.MustParsePrefix("192.0.2.0/24")]; ok || !got[learned.Prefix].Learned || len(got) != 2 {
+		t.Fatalf("affinity after removing a prefix: %+v", got)
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

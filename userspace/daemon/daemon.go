@@ -63,6 +63,7 @@ type Daemon struct {
 	mon     *health.Monitor
 	met     *metrics.Metrics
 	proxy   *proxyState
+	learner *control.Learner
 	runCtx  context.Context
 
 	trigger chan struct{}
@@ -125,6 +126,20 @@ func Run(ctx context.Context, opts Options) error {
 		})
 	}
 	run("health", func() error { return d.mon.Run(ctx) })
+	if d.learner != nil {
+		run("affinity", func() error {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+					d.learner.Sweep()
+				}
+			}
+		})
+	}
 	run("reconcile", func() error { d.reconcileLoop(ctx); return nil })
 
 	hup := make(chan os.Signal, 1)
@@ -179,6 +194,11 @@ func (d *Daemon) start() error {
 		if s, b := rec.Adopted(); s > 0 || b > 0 {
 			d.log.Info("adopted pinned state", "services", s, "backends", b)
 		}
+		d.learner = control.NewLearner(d.bal.Maps, d.log, rec.IslandID, monotonicNow)
+		if err := d.learner.Adopt(); err != nil {
+			return err
+		}
+		d.learner.Configure(cfg.Affinity.Learn, cfg.Affinity.Static)
 	}
 	d.mon = health.NewMonitor(healthSettings(cfg), d.onHealthChange, d.log, d.met)
 	if err := d.apply(); err != nil {
@@ -531,6 +551,9 @@ func (d *Daemon) reload() error {
 	d.mu.Lock()
 	d.cfg = cfg
 	d.mu.Unlock()
+	if d.learner != nil {
+		d.learner.Configure(cfg.Affinity.Learn, cfg.Affinity.Static)
+	}
 	d.mon.UpdateSettings(healthSettings(cfg))
 	if err := d.apply(); err != nil {
 		return err

@@ -112,8 +112,16 @@ func (d *Daemon) buildCore(cfg *config.Config) (*proxy.Core, io.Closer, error) {
 		Hostname:    p.Hostname,
 		Observer:    d.met,
 		Log:         d.log,
+		OnLogin:     d.onLogin,
 	})
 	return core, closer, nil
+}
+
+// onLogin feeds learned affinity with the proxy's successful logins.
+func (d *Daemon) onLogin(client netip.Addr, island string) {
+	if d.learner != nil {
+		d.learner.Login(client, island)
+	}
 }
 
 // startProxy starts (or, on reload, reconfigures) the proxy: a new core
@@ -290,13 +298,17 @@ func (d *Daemon) proxyTargets(cfg *config.Config, base *tls.Config) []health.Tar
 				case config.TLSStartTLS:
 					mode = health.TLSStartTLS
 				}
-				a := n.Addresses[0]
-				out = append(out, health.Target{
-					ID:   targetID(s.Name, n.Name, directPath(a)),
-					Addr: netip.AddrPortFrom(a, proxyNodePort(s, isl, n)).String(),
-					Probe: health.Probe{Kind: health.Kind(s.Health.Check), TLS: mode, TLSConfig: tc, Timeout: cfg.Health.Timeout,
-						ProxyHeader: isl.Proxy.ClientAddress == config.ClientAddrProxy},
-				})
+				// Every address: the proxy dials the first, the front door's
+				// affinity flows reach the node by its address of the
+				// VIP's family.
+				for _, a := range n.Addresses {
+					out = append(out, health.Target{
+						ID:   targetID(s.Name, n.Name, directPath(a)),
+						Addr: netip.AddrPortFrom(a, proxyNodePort(s, isl, n)).String(),
+						Probe: health.Probe{Kind: health.Kind(s.Health.Check), TLS: mode, TLSConfig: tc, Timeout: cfg.Health.Timeout,
+							ProxyHeader: isl.Proxy.ClientAddress == config.ClientAddrProxy},
+					})
+				}
 			}
 		}
 	}

@@ -103,6 +103,12 @@ services:
   - {name: imaps, vips: [{{.Front}}], protocol: imaps, forwarding: ipip, routing: login}
   - {name: pop3, vips: [{{.Front}}], protocol: pop3, forwarding: ipip, routing: login}
   - {name: pop3s, vips: [{{.Front}}], protocol: pop3s, forwarding: ipip, routing: login}
+{{- if .Handoff}}
+affinity:
+  static:
+    - {prefix: 192.0.2.10/32, island: a}
+  learn: {enabled: {{.Learn}}, logins: 2, ttl: 10m, bar: 10m, verify_one_in: 8}
+{{- end}}
 `))
 
 // selfSigned writes a certificate for names to dir and returns its paths.
@@ -130,6 +136,26 @@ func selfSigned(t *testing.T, dir string, names ...string) (cert, key string) {
 // host, `atoll run` with the login proxy on the front-door VIP (with the
 // XDP data plane, or with `dataplane: {mode: none}`: a Perdition drop-in).
 func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
+	return newProxyEnvOpts(t, proxyEnvOpts{modeNone: len(modeNone) > 0 && modeNone[0]})
+}
+
+type proxyEnvOpts struct {
+	modeNone bool
+	// handoff: the nodes hold the front-door VIP too (affinity flows reach
+	// them directly), the client host has three addresses, and the config
+	// has static affinity for 192.0.2.10.
+	handoff bool
+	// learn turns learned affinity on.
+	learn bool
+}
+
+// Extra client addresses of the handoff tests.
+var (
+	clientNoAffinity = netip.MustParseAddr("192.0.2.11")
+	clientLearner    = netip.MustParseAddr("192.0.2.12")
+)
+
+func newProxyEnvOpts(t *testing.T, opts proxyEnvOpts) *proxyEnv {
 	t.Helper()
 	requireRoot(t)
 	l, err := lab.New(lab.Config{Prefix: "atl-px", Islands: 2, Nodes: 2, NoBalancer: true, Servers: true})
@@ -143,6 +169,14 @@ func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
 	// The LB holds the front-door VIP, so flows the data plane passes
 	// reach the proxy.
 	must(t, l.LB.AddAddr("lo", netip.PrefixFrom(frontVIP, 32)))
+	if opts.handoff {
+		for _, n := range l.Nodes {
+			must(t, n.NS.AddAddr("lo", netip.PrefixFrom(frontVIP, 32)))
+		}
+		for _, a := range []netip.Addr{clientNoAffinity, clientLearner} {
+			must(t, l.Client.AddAddr("eth0", netip.PrefixFrom(a, 24)))
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -160,7 +194,7 @@ func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
 	must(t, err)
 	t.Cleanup(func() { e.slapd.Stop() })
 
-	lbNet := netip.PrefixFrom(lab.LBV4.Addr(), 32)
+	lbNets := []netip.Prefix{netip.PrefixFrom(lab.LBV4.Addr(), 32), netip.PrefixFrom(lab.LBV6.Addr(), 128)}
 	for _, n := range l.Nodes {
 		mine := map[string]string{}
 		for _, u := range proxyUsers {
@@ -168,18 +202,22 @@ func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
 				mine[u.uid] = u.password
 			}
 		}
+		listen := []netip.Addr{n.V4, n.V6}
+		if opts.handoff {
+			listen = append(listen, frontVIP)
+		}
 		o := peer.DovecotOptions{
-			Dir: filepath.Join(dir, "dovecot-"+n.Name), Name: n.Name, Listen: []netip.Addr{n.V4, n.V6},
+			Dir: filepath.Join(dir, "dovecot-"+n.Name), Name: n.Name, Listen: listen,
 			Ports: peer.DovecotPorts{IMAP: 143, POP3: 110, LMTP: 24, IMAPS: -1, POP3S: -1, LMTPS: -1},
 			Users: mine, TLS: true,
 			Command: func(name string, args ...string) *exec.Cmd { return n.NS.Command(context.Background(), name, args...) },
 			Dial:    n.NS.DialContext,
 			// Island a learns the client's address by IMAP ID, island b by
 			// PROXY v2 on separate listeners.
-			LoginTrusted: []netip.Prefix{lbNet},
+			LoginTrusted: lbNets,
 		}
 		if n.Island == "b" {
-			o.HAProxy = peer.DovecotHAProxy{IMAP: 10143, POP3: 10110, Trusted: []netip.Prefix{lbNet}}
+			o.HAProxy = peer.DovecotHAProxy{IMAP: 10143, POP3: 10110, Trusted: lbNets}
 		}
 		d, err := peer.StartDovecot(ctx, o)
 		must(t, err)
@@ -204,7 +242,7 @@ func newProxyEnv(t *testing.T, modeNone ...bool) *proxyEnv {
 		"Pin": e.pin, "Socket": e.socket, "SrcV4": lab.LBV4.Addr(), "SrcV6": lab.LBV6.Addr(),
 		"Cert": e.certFile, "Key": filepath.Join(dir, "proxy.key"),
 		"LDAP": e.slapd.URLs[0], "BindDN": e.slapd.ServiceDN(), "PWFile": pw, "BaseDN": e.slapd.PeopleDN(),
-		"A": a, "B": b, "Front": frontVIP, "ModeNone": len(modeNone) > 0 && modeNone[0],
+		"A": a, "B": b, "Front": frontVIP, "ModeNone": opts.modeNone, "Handoff": opts.handoff, "Learn": opts.learn,
 	}))
 	f.Close()
 	e.startDaemon()
@@ -230,8 +268,8 @@ func (e *proxyEnv) waitProxyNodesUp() {
 				}
 			}
 		}
-		// 4 login services × 4 nodes.
-		if total >= 16 && up >= 16 {
+		// 4 login services × 4 nodes × 2 addresses.
+		if total >= 32 && up >= 32 {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -26,6 +26,14 @@ func (d *Daemon) Status() []control.ServiceState {
 	return d.rec.Status()
 }
 
+// AffinityStats reports learned affinity (metrics.AffinitySource).
+func (d *Daemon) AffinityStats() (int, uint64) {
+	if d.learner == nil {
+		return 0, 0
+	}
+	return d.learner.Stats()
+}
+
 // APIStatus builds `atoll status`.
 func (d *Daemon) apiStatus() (api.Status, error) {
 	d.mu.Lock()

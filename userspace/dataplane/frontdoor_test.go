@@ -176,6 +176,26 @@ func TestFrontDoor(t *testing.T) {
 		}
 		outcome(t, tcp(netip.MustParseAddr("192.0.2.201"), 7001, vip4, packet.FlagSYN), xdpTX, maps.StatFwdAffinity)
 	})
+	t.Run("a learned entry keeps probing through the proxy", func(t *testing.T) {
+		client := netip.MustParseAddr("192.0.2.202")
+		if err := m.PutAffinity(maps.Affinity{Prefix: netip.PrefixFrom(client, 32), Island: islandA, Learned: true,
+			Expires: time.Duration(1 << 62), ProbeMask: 7}); err != nil {
+			t.Fatal(err)
+		}
+		probed := 0
+		for port := uint16(9000); port < 9064; port++ {
+			k := maps.NewFlowKey(netip.AddrPortFrom(client, port), netip.AddrPortFrom(vip4, 110))
+			if maps.FlowHash(k, seed)&7 == 0 {
+				outcome(t, tcp(client, port, vip4, packet.FlagSYN), xdpPass, maps.StatPassProbe)
+				probed++
+			} else {
+				outcome(t, tcp(client, port, vip4, packet.FlagSYN), xdpTX, maps.StatFwdAffinity)
+			}
+		}
+		if probed == 0 || probed > 20 {
+			t.Fatalf("%d of 64 flows probed, want about 8", probed)
+		}
+	})
 	t.Run("an island without a ring falls back to the proxy", func(t *testing.T) {
 		if err := m.ClearRing(svcFront4.ID, islandB); err != nil {
 			t.Fatal(err)
@@ -217,6 +237,10 @@ func TestFrontDoor(t *testing.T) {
 		// 192.0.2.10 has an affinity for island b: without the socket this
 		// ACK would go there.
 		outcome(t, tcp(client4, local.Port(), vip4, packet.FlagACK), xdpPass, maps.StatPassLocalSocket)
+		if f, ok := flowOf(client4, local.Port(), vip4); !ok || !f.Local {
+			t.Fatalf("conntrack after the socket was found: %+v %v, want LOCAL again", f, ok)
+		}
+		outcome(t, tcp(client4, local.Port(), vip4, packet.FlagACK), xdpPass, maps.StatPassLocal)
 		// A listener alone does not count: another port of the same
 		// client follows the affinity.
 		outcome(t, tcp(client4, local.Port()+1, vip4, packet.FlagACK), xdpTX, maps.StatFwdAffinity)

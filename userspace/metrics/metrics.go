@@ -150,7 +150,14 @@ var (
 	descNodeWeight  = prometheus.NewDesc("atoll_node_weight", "Configured weight of a node.", []string{"service", "node", "family"}, nil)
 	descOutcomes    = prometheus.NewDesc("atoll_packets_total", "Packets seen by the data plane, by outcome (fwd_*, pass_*, drop_*, icmp_*).", []string{"outcome"}, nil)
 	descConntrack   = prometheus.NewDesc("atoll_conntrack_entries", "Flows in the conntrack tables (counted at most every 10 s).", []string{"family"}, nil)
+	descAffLearned  = prometheus.NewDesc("atoll_affinity_learned_entries", "Client addresses learned into an island (front door straight by XDP).", nil, nil)
+	descAffConflict = prometheus.NewDesc("atoll_affinity_conflicts_total", "Logins from one address into two islands, which removed or blocked a learned entry.", nil, nil)
 )
+
+// AffinitySource reports learned affinity (optional on a Source).
+type AffinitySource interface {
+	AffinityStats() (learned int, conflicts uint64)
+}
 
 // collector reads the maps at scrape time.
 type collector struct {
@@ -164,7 +171,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcFlows, descNodePackets, descNodeBytes,
-		descNodeFlows, descNodeState, descNodeWeight, descOutcomes, descConntrack} {
+		descNodeFlows, descNodeState, descNodeWeight, descOutcomes, descConntrack, descAffLearned, descAffConflict} {
 		ch <- d
 	}
 }
@@ -172,6 +179,11 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m := c.src.Maps()
 	status := c.src.Status()
+	if as, ok := c.src.(AffinitySource); ok {
+		learned, conflicts := as.AffinityStats()
+		ch <- prometheus.MustNewConstMetric(descAffLearned, prometheus.GaugeValue, float64(learned))
+		ch <- prometheus.MustNewConstMetric(descAffConflict, prometheus.CounterValue, float64(conflicts))
+	}
 	for _, s := range status {
 		fam := "4"
 		if s.VIP.Addr().Is6() {

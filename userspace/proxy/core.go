@@ -90,6 +90,8 @@ type Options struct {
 	Hostname string
 	Observer Observer
 	Log      *slog.Logger
+	// OnLogin, if set, hears of every successful login (learned affinity).
+	OnLogin func(client netip.Addr, island string)
 }
 
 // Core is the shared state of every proxy session.
@@ -303,9 +305,14 @@ func (c *Core) LoginFailed(client netip.Addr, user string) time.Duration {
 	return d
 }
 
-// LoginSucceeded clears nothing (a correct password does not forgive
-// guessing), but is the hook a future policy would use.
-func (c *Core) LoginSucceeded(netip.Addr) {}
+// LoginSucceeded records a successful login of client into r's island:
+// it feeds learned affinity (Options.OnLogin). It clears no throttle: a
+// correct password does not forgive guessing.
+func (c *Core) LoginSucceeded(client netip.Addr, r *Route) {
+	if c.opts.OnLogin != nil && r != nil {
+		c.opts.OnLogin(client, r.Island)
+	}
+}
 
 // RecordCaps remembers the capabilities a node announced after login;
 // IslandCaps returns those every recorded node of island offers.

@@ -616,6 +616,14 @@ func (d *Dovecot) config(u dovecotUsers) string {
 	w("auth_verbose = yes")
 	w("auth_failure_delay = 0")
 	w("mail_location = maildir:~/Maildir")
+	// Tests and benchmarks open many sessions of one user from one address
+	// (the proxy's): the default of 10 per user and IP would refuse them.
+	w("protocol imap {")
+	w("  mail_max_userip_connections = 10000")
+	w("}")
+	w("protocol pop3 {")
+	w("  mail_max_userip_connections = 10000")
+	w("}")
 	if o.TLS {
 		w("ssl = yes")
 		w("ssl_cert = <%s", filepath.Join(o.Dir, "tls", "cert.pem"))

@@ -409,7 +409,7 @@ func (c *client) login(ctx context.Context, tag string, authz, user, pass []byte
 		return false
 	}
 	c.core.LoginResult(protocol, "ok")
-	c.core.LoginSucceeded(c.s.Client.Addr())
+	c.core.LoginSucceeded(c.s.Client.Addr(), r)
 	c.log.Info("imap: logged in", "user", name, "island", r.Island, "node", n.name)
 	up := bytes.Clone(peekBuffered(c.rd.r))
 	down := bytes.Clone(peekBuffered(n.r))

@@ -352,7 +352,7 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 
 	// Logged in: the node's answer, then bytes both ways.
 	c.core.LoginResult(proto, "ok")
-	c.core.LoginSucceeded(client)
+	c.core.LoginSucceeded(client, r)
 	c.log.Info("pop3: logged in", "user", r.User, "island", r.Island, "node", nc.node.Name)
 	if !c.reply(nc.answer) {
 		nc.conn.Close()
