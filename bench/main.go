@@ -25,25 +25,26 @@ type Report struct {
 	Runs    int            `json:"runs"`
 	XDP     []XDPResult    `json:"xdp"`
 	Maglev  []MaglevResult `json:"maglev"`
+	Proxy   *ProxyResult   `json:"proxy,omitempty"`
 	Elapsed string         `json:"elapsed"`
 }
 
 func main() {
 	out := flag.String("out", "bench/results", "directory for the report files")
-	quick := flag.Bool("quick", false, "fewer repeats and runs (a few seconds)")
+	quick := flag.Bool("quick", false, "fewer repeats, runs, logins and sessions (about a minute)")
 	repeat := flag.Uint("repeat", 2_000_000, "BPF_PROG_RUN repeat count per measurement")
 	runs := flag.Int("runs", 7, "measurements per figure (the median is reported)")
 	flag.Parse()
 	if *quick {
 		*repeat, *runs = 200_000, 3
 	}
-	if err := run(*out, uint32(*repeat), *runs); err != nil {
+	if err := run(*out, uint32(*repeat), *runs, *quick); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(outDir string, repeat uint32, runs int) error {
+func run(outDir string, repeat uint32, runs int, quick bool) error {
 	start := time.Now()
 	progress := newProgress()
 	rep := Report{Date: start.UTC().Format(time.RFC3339), Repeat: repeat, Runs: runs, CPUs: numCPU()}
@@ -57,6 +58,9 @@ func run(outDir string, repeat uint32, runs int) error {
 	}
 	if rep.Maglev, err = runMaglev(runs, progress); err != nil {
 		return fmt.Errorf("maglev: %w", err)
+	}
+	if rep.Proxy, err = runProxy(quick, runs, progress); err != nil {
+		return fmt.Errorf("proxy: %w", err)
 	}
 	rep.Elapsed = time.Since(start).Round(time.Second).String()
 	progress("")
@@ -138,6 +142,9 @@ func markdown(r *Report) string {
 	b.WriteString("## Maglev ring build\n\n| nodes | ring size | ms | min–max |\n|---:|---:|---:|---:|\n")
 	for _, m := range r.Maglev {
 		fmt.Fprintf(&b, "| %d | %d | %.2f | %.2f–%.2f |\n", m.Nodes, m.Size, m.MsMedian, m.MsMin, m.MsMax)
+	}
+	if r.Proxy != nil {
+		b.WriteString("\n" + proxyMarkdown(r.Proxy))
 	}
 	return b.String()
 }
