@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -364,91 +363,4 @@ func (c *Core) release(client netip.Addr) {
 	if c.sources[client]--; c.sources[client] <= 0 {
 		delete(c.sources, client)
 	}
-}
-
-// Relay copies bytes both ways between the logged-in client and node
-// until either side is done, then closes both. pendingUp are bytes the
-// handler already read from the client past the login (pipelined
-// commands) and pendingDown bytes it read from the node past the login
-// answer; they are delivered first. With plain TCP on both sides the
-// copies are splice(2) (io.Copy between *net.TCPConn). A half-close is
-// passed on: when one side stops sending, the other side's write half is
-// shut and the copy the other way goes on until it ends too.
-func (c *Core) Relay(protocol string, client, node net.Conn, pendingUp, pendingDown []byte) {
-	var up, down int64
-	if len(pendingUp) > 0 {
-		n, err := node.Write(pendingUp)
-		up += int64(n)
-		if err != nil {
-			client.Close()
-			node.Close()
-			c.obs.Relayed(protocol, up, down)
-			return
-		}
-	}
-	if len(pendingDown) > 0 {
-		n, err := client.Write(pendingDown)
-		down += int64(n)
-		if err != nil {
-			client.Close()
-			node.Close()
-			c.obs.Relayed(protocol, up, down)
-			return
-		}
-	}
-	client.SetDeadline(time.Time{})
-	node.SetDeadline(time.Time{})
-	act := &activity{idle: c.limits.IdleTimeout}
-	act.touch()
-	done := make(chan int64, 1)
-	go func() { done <- pipe(node, client, act) }()
-	down += pipe(client, node, act)
-	up += <-done
-	client.Close()
-	node.Close()
-	c.obs.Relayed(protocol, up, down)
-}
-
-// activity is the last time bytes moved either way, for the idle timeout.
-type activity struct {
-	idle time.Duration
-	last atomic.Int64
-}
-
-func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
-
-func (a *activity) idleFor() time.Duration { return time.Since(time.Unix(0, a.last.Load())) }
-
-// pipe copies src to dst, then half-closes dst (or closes it). With an
-// idle timeout it copies in chunks so the read deadline can move (each
-// chunk is still a splice between TCP sockets), and gives up only when
-// neither direction moved for the whole timeout.
-func pipe(dst, src net.Conn, act *activity) int64 {
-	var n int64
-	if act.idle > 0 {
-		for {
-			src.SetReadDeadline(time.Now().Add(act.idle))
-			m, err := io.Copy(dst, &io.LimitedReader{R: src, N: 1 << 20})
-			n += m
-			if m > 0 {
-				act.touch()
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && act.idleFor() < act.idle {
-				continue // the other direction is alive
-			}
-			if err != nil || m == 0 {
-				break
-			}
-		}
-	} else {
-		n, _ = io.Copy(dst, src)
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err == nil {
-			return n
-		}
-	}
-	dst.Close()
-	return n
 }

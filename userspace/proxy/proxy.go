@@ -60,11 +60,18 @@ type Limits struct {
 	MaxLiteral      int           // longest IMAP literal before login (default 8192)
 	MaxBadCommands  int           // BAD answers before the connection is closed (default 10)
 	MaxLoginTries   int           // failed logins on one connection before it is closed (default 3)
+	// ParkAfter: a relayed direction silent this long is parked (its
+	// goroutine ends; the socket waits in a shared epoll set) — default
+	// 2s, negative never. Only plain TCP parks.
+	ParkAfter time.Duration
 }
 
 func (l Limits) withDefaults() Limits {
 	if l.PreLoginTimeout <= 0 {
 		l.PreLoginTimeout = 60 * time.Second
+	}
+	if l.ParkAfter == 0 {
+		l.ParkAfter = 2 * time.Second
 	}
 	if l.MaxLine <= 0 {
 		l.MaxLine = 8192
@@ -113,6 +120,8 @@ type Session struct {
 	Service string
 	Core    *Core
 	Log     *slog.Logger
+
+	handoff *handoff
 }
 
 // Handler serves one client connection of its protocol.

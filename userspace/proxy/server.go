@@ -87,16 +87,16 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error
 			continue
 		}
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.release(client.Addr())
-			c.serveConn(ctx, conn, l, client)
-		}()
+		go c.serveConn(ctx, conn, l, client, func() {
+			c.release(client.Addr())
+			wg.Done()
+		})
 	}
 }
 
-func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client netip.AddrPort) {
-	defer conn.Close()
+// serveConn runs the handler on conn, then the relay if the handler
+// handed the session off; done is called when the session is over.
+func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client netip.AddrPort, done func()) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(time.Minute)
@@ -109,16 +109,28 @@ func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client 
 		s.Conn = tls.Server(conn, c.opts.ServerTLS)
 		s.TLS = true
 	}
+	c.obs.Session(l.Protocol, 1)
+	end := func() {
+		c.obs.Session(l.Protocol, -1)
+		done()
+	}
 	// The session is cut when the server stops: closing the accepted
 	// socket also ends a TLS session on top of it, and never races with a
 	// handler that replaced s.Conn after STARTTLS.
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	stop := context.AfterFunc(sctx, func() { conn.Close() })
-	defer stop()
-	c.obs.Session(l.Protocol, 1)
-	defer c.obs.Session(l.Protocol, -1)
 	l.Handler.Serve(sctx, s)
+	stop()
+	cancel()
+	h := s.handoff
+	if h == nil {
+		conn.Close()
+		end()
+		return
+	}
+	// This goroutine ends here, and with it the login's stack and state;
+	// the relay has goroutines of its own.
+	c.startRelay(ctx, h, end)
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

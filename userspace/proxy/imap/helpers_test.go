@@ -142,6 +142,12 @@ func (o *testObs) Throttled(netip.Addr) {
 	o.throttled++
 }
 
+func (o *testObs) sessionCount() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.sessions
+}
+
 func (o *testObs) login(result string) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -170,6 +176,9 @@ type env struct {
 	dir     *fakeDir
 	nodes   *fakeNodes
 	obs     *testObs
+	// shutdown stops the listeners and waits for every session to end
+	// (also run at cleanup).
+	shutdown func()
 }
 
 // newEnv serves a core built from o (directory, nodes, observer, log and
@@ -217,10 +226,9 @@ func newEnvOn(t *testing.T, o proxy.Options, noTLS bool, listen string) *env {
 	if !noTLS {
 		e.tlsAddr = serve(true)
 	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	var once sync.Once
+	e.shutdown = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(e.shutdown)
 	return e
 }
 

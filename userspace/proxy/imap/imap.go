@@ -77,7 +77,11 @@ func (h *Handler) Serve(ctx context.Context, s *proxy.Session) {
 	if c.log == nil {
 		c.log = slog.Default()
 	}
-	defer func() { c.conn.Close() }()
+	defer func() {
+		if !s.HandedOff() {
+			c.conn.Close()
+		}
+	}()
 	if tc, ok := c.conn.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(c.lim.PreLoginTimeout))
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -413,7 +417,7 @@ func (c *client) login(ctx context.Context, tag string, authz, user, pass []byte
 	c.log.Info("imap: logged in", "user", name, "island", r.Island, "node", n.name)
 	up := bytes.Clone(peekBuffered(c.rd.r))
 	down := bytes.Clone(peekBuffered(n.r))
-	c.core.Relay(protocol, c.conn, n.conn, up, down)
+	c.s.Handoff(protocol, c.conn, n.conn, up, down)
 	return false
 }
 

@@ -112,7 +112,11 @@ func (h *Handler) Serve(ctx context.Context, s *proxy.Session) {
 		c.log = slog.Default()
 	}
 	c.r = c.newReader(c.conn)
-	defer func() { c.conn.Close() }()
+	defer func() {
+		if !s.HandedOff() {
+			c.conn.Close()
+		}
+	}()
 	if !c.reply("+OK " + c.core.Hostname() + " atoll ready.") {
 		return
 	}
@@ -360,7 +364,7 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 	}
 	up, _ := c.r.Peek(c.r.Buffered())
 	down, _ := nc.r.Peek(nc.r.Buffered())
-	c.core.Relay(proto, c.conn, nc.conn, clone(up), clone(down))
+	c.s.Handoff(proto, c.conn, nc.conn, clone(up), clone(down))
 	return false
 }
 
