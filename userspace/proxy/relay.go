@@ -193,8 +193,10 @@ func (d *direction) run() {
 	}
 	// src is done (EOF, error, or the session was cut): pass the
 	// half-close on so the node (or client) sees the end of the stream.
+	// Without a half-close the session is over: abort, so that the other
+	// direction is taken out of the epoll set if parked, never left there.
 	if cw, ok := d.dst.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-		d.r.close()
+		d.r.abort()
 	}
 	d.finish()
 }
