@@ -139,7 +139,7 @@ func newEnv(t *testing.T, nodes, inConfig int) *env {
 	t.Cleanup(func() { l.Close() })
 	dir := t.TempDir()
 	e := &env{t: t, lab: l, dir: dir, cfgPath: filepath.Join(dir, "atoll.yaml"), socket: filepath.Join(dir, "atoll.sock"),
-		pin: "/sys/fs/bpf/atoll-e2e-" + filepath.Base(dir), dovecot: map[string]*peer.Dovecot{}, nodes: inConfig}
+		pin: "/sys/fs/bpf/atoll-e2e-" + filepath.Base(filepath.Dir(dir)), dovecot: map[string]*peer.Dovecot{}, nodes: inConfig}
 	t.Cleanup(func() { exec.Command(atollBin, "reset", "-yes", "-pin", e.pin).Run() })
 	for _, n := range l.Nodes {
 		e.startDovecot(n)

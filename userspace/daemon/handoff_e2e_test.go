@@ -158,6 +158,15 @@ func TestHandoffConntrackFlush(t *testing.T) {
 			sessions = append(sessions, s)
 		}
 	}
+	// The 50 proxied sessions are idle: both directions of each relay
+	// park (no goroutine left), and must wake for the NOOPs below.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if v := e.counter(t, "atoll_proxy_parked_directions", nil); v >= 100 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%v relay directions parked with 50 idle proxied sessions, want 100", v)
+		}
+	}
 	ct4, err := ebpf.LoadPinnedMap(filepath.Join(e.pin, "conntrack4"), nil)
 	must(t, err)
 	defer ct4.Close()

@@ -19,12 +19,15 @@ import (
 	"github.com/atoll-lb/atoll/userspace/health"
 	"github.com/atoll-lb/atoll/userspace/proxy"
 	"github.com/atoll-lb/atoll/userspace/proxy/imap"
+	"github.com/atoll-lb/atoll/userspace/proxy/lmtp"
 	"github.com/atoll-lb/atoll/userspace/proxy/pop3"
 )
 
-// proxyProtocols are the protocols the login proxy serves.
+// proxyProtocols are the protocols the login proxy serves (lmtp: the
+// LMTP island router).
 var proxyProtocols = map[string]string{
 	config.ProtoIMAP: "imap", config.ProtoIMAPS: "imap", config.ProtoPOP3: "pop3", config.ProtoPOP3S: "pop3",
+	config.ProtoLMTP: "lmtp",
 }
 
 // proxyState is the login proxy inside the daemon.
@@ -32,7 +35,12 @@ type proxyState struct {
 	srv       *proxy.Server
 	dir       io.Closer // the directory behind the current core
 	listeners map[string]*proxyListener
-	wg        sync.WaitGroup
+	// lmtp serves every LMTP listener, from the first config with an
+	// LMTP login service on: a reload only changes its options, so what
+	// it learned of the nodes' LHLO capabilities (which decides whether
+	// 8BITMIME and SMTPUTF8 are offered to MTAs) is never forgotten.
+	lmtp *lmtp.Handler
+	wg   sync.WaitGroup
 }
 
 type proxyListener struct {
@@ -143,6 +151,10 @@ func (d *Daemon) startProxy(ctx context.Context, cfg *config.Config, core *proxy
 		}
 	}
 	ps.dir = closer
+	lmtpOpts := lmtpOptions(cfg)
+	if ps.lmtp != nil {
+		ps.lmtp.SetOptions(lmtpOpts)
+	}
 	want := map[string]bool{}
 	for _, s := range cfg.LoginServices() {
 		proto, ok := proxyProtocols[s.Protocol]
@@ -152,15 +164,25 @@ func (d *Daemon) startProxy(ctx context.Context, cfg *config.Config, core *proxy
 		}
 		var h proxy.Handler
 		refuse := "* BYE Too many connections from your address.\r\n"
-		if proto == "imap" {
+		switch proto {
+		case "imap":
 			h = imap.NewHandler()
-		} else {
+		case "pop3":
 			h = pop3.NewHandler()
 			refuse = "-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+		case "lmtp":
+			if ps.lmtp == nil {
+				ps.lmtp = lmtp.NewHandler(lmtpOpts)
+			}
+			h = ps.lmtp
+			refuse = "421 4.7.0 Too many connections\r\n"
 		}
 		for _, vip := range s.VIPs {
 			addr := netip.AddrPortFrom(vip, s.Port)
-			key := s.Name + "|" + addr.String()
+			// The protocol is part of the key: a service that changes
+			// protocol on the same VIP:port gets a listener with the
+			// right handler.
+			key := s.Name + "|" + s.Protocol + "|" + addr.String()
 			want[key] = true
 			if _, ok := ps.listeners[key]; ok {
 				continue
@@ -184,6 +206,11 @@ func (d *Daemon) startProxy(ctx context.Context, cfg *config.Config, core *proxy
 	}
 	d.stopProxyListeners(want)
 	return nil
+}
+
+// lmtpOptions are the LMTP router's options from cfg (proxy.lmtp).
+func lmtpOptions(cfg *config.Config) lmtp.Options {
+	return lmtp.Options{MaxMessageSize: int64(cfg.Proxy.LMTP.MaxMessageSize), MaxRecipients: cfg.Proxy.LMTP.MaxRecipients}
 }
 
 // stopProxyListeners closes the listeners not in keep (all with nil).
@@ -319,8 +346,15 @@ func (d *Daemon) proxyTargets(cfg *config.Config, base *tls.Config) []health.Tar
 // node speaks the service's protocol in plain text (143, 110) or with
 // STARTTLS, or with implicit TLS (993, 995) when the island says so —
 // whatever the client used toward the proxy. nodes[].ports overrides it
-// by protocol name (imap, imaps, pop3, pop3s).
+// by protocol name (imap, imaps, pop3, pop3s). LMTP has one port however
+// the island speaks TLS: nodes[].ports.lmtp, or 24.
 func proxyNodePort(s *config.Service, isl *config.Island, n *config.Node) uint16 {
+	if s.Protocol == config.ProtoLMTP {
+		if p, ok := n.Ports[config.ProtoLMTP]; ok {
+			return p
+		}
+		return 24
+	}
 	key := strings.TrimSuffix(s.Protocol, "s")
 	if isl.Proxy.TLS == config.TLSImplicit {
 		key += "s"

@@ -163,7 +163,7 @@ func newProxyEnvOpts(t *testing.T, opts proxyEnvOpts) *proxyEnv {
 	t.Cleanup(func() { l.Close() })
 	dir := t.TempDir()
 	e := &proxyEnv{env: &env{t: t, lab: l, dir: dir, cfgPath: filepath.Join(dir, "atoll.yaml"), socket: filepath.Join(dir, "atoll.sock"),
-		pin: "/sys/fs/bpf/atoll-px-" + filepath.Base(dir), dovecot: map[string]*peer.Dovecot{}}}
+		pin: "/sys/fs/bpf/atoll-px-" + filepath.Base(filepath.Dir(dir)), dovecot: map[string]*peer.Dovecot{}}}
 	t.Cleanup(func() { exec.Command(atollBin, "reset", "-yes", "-pin", e.pin).Run() })
 
 	// The LB holds the front-door VIP, so flows the data plane passes

@@ -28,7 +28,6 @@ var (
 	svcL2v6   = maps.Service{VIP: vip6, Port: 143, ID: 2, Island: 0, Forward: maps.ForwardL2DSR, Route: maps.RouteIsland}
 	svcIPIPv4 = maps.Service{VIP: vip4, Port: 993, ID: 3, Island: 0, Forward: maps.ForwardIPIP, Route: maps.RouteIsland}
 	svcIPIPv6 = maps.Service{VIP: vip6, Port: 993, ID: 4, Island: 0, Forward: maps.ForwardIPIP, Route: maps.RouteIsland}
-	svcLogin4 = maps.Service{VIP: vip4, Port: 110, ID: 5, Island: 0, Forward: maps.ForwardIPIP, Route: maps.RouteLogin}
 )
 
 func syn(client netip.Addr, cport uint16, vip netip.Addr, vport uint16) packet.TCPSpec {

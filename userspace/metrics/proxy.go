@@ -8,9 +8,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/atoll-lb/atoll/userspace/directory"
+	"github.com/atoll-lb/atoll/userspace/proxy"
 )
 
-// proxyMetrics are the login proxy's and the directory's metrics.
+// proxyMetrics are the login proxy's, the LMTP router's and the
+// directory's metrics.
 type proxyMetrics struct {
 	logins    *prometheus.CounterVec
 	sessions  *prometheus.GaugeVec
@@ -19,6 +21,7 @@ type proxyMetrics struct {
 	throttled prometheus.Counter
 	lookupDur *prometheus.HistogramVec
 	cache     *prometheus.CounterVec
+	lmtp      *lmtpMetrics
 }
 
 func newProxyMetrics(reg *prometheus.Registry) *proxyMetrics {
@@ -53,7 +56,12 @@ func newProxyMetrics(reg *prometheus.Registry) *proxyMetrics {
 			Help: "Directory cache outcomes: hit, miss, negative_hit, stale (served while LDAP is down).",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(p.logins, p.sessions, p.bytes, p.dialFails, p.throttled, p.lookupDur, p.cache)
+	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "atoll_proxy_parked_directions",
+		Help: "Relay directions parked without a goroutine (idle for proxy.ParkAfter; an idle session parks two).",
+	}, func() float64 { return float64(proxy.Parked()) })
+	reg.MustRegister(p.logins, p.sessions, p.bytes, p.dialFails, p.throttled, p.lookupDur, p.cache, parked)
+	p.lmtp = newLMTPMetrics(reg)
 	return p
 }
 

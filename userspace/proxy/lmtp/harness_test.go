@@ -273,6 +273,7 @@ type envOpts struct {
 type env struct {
 	t      *testing.T
 	core   *proxy.Core
+	h      *Handler // the listener's handler
 	dir    *fakeDir
 	nodes  *fakeNodes
 	obs    *recObserver
@@ -316,9 +317,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	e.port = ln.Addr().(*net.TCPAddr).Port
 	e.host = "127.0.0.1"
 	done := make(chan struct{})
+	e.h = NewHandler(o.opts)
 	go func() {
 		defer close(done)
-		err := e.core.Serve(ctx, ln, proxy.Listener{Service: "lmtp", Handler: NewHandler(o.opts), Protocol: "lmtp", Refuse: "421 4.7.0 Too many connections\r\n"})
+		err := e.core.Serve(ctx, ln, proxy.Listener{Service: "lmtp", Handler: e.h, Protocol: "lmtp", Refuse: "421 4.7.0 Too many connections\r\n"})
 		if err != nil {
 			t.Errorf("Serve: %v", err)
 		}

@@ -88,6 +88,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/atoll-lb/atoll/userspace/proxy"
@@ -152,9 +153,10 @@ const (
 // Handler serves LMTP clients: one proxy.Session (one connection) per
 // Serve call, each in its own goroutine (the core's Serve). It is safe
 // for concurrent use; what it learns about nodes' capabilities is shared
-// by its sessions.
+// by its sessions and kept across SetOptions (atoll run keeps one Handler
+// for its LMTP listeners across reloads).
 type Handler struct {
-	opts Options
+	opts atomic.Pointer[Options]
 	caps capBook
 }
 
@@ -162,25 +164,38 @@ var _ proxy.Handler = (*Handler)(nil)
 
 // NewHandler returns a Handler; zero options take their defaults.
 func NewHandler(o Options) *Handler {
+	h := &Handler{}
+	h.SetOptions(o)
+	return h
+}
+
+// SetOptions replaces the options (a config reload): sessions that start
+// afterwards use them, sessions in progress keep the ones they started
+// with (a client is never offered one SIZE and held to another). Zero
+// options take their defaults.
+func (h *Handler) SetOptions(o Options) {
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = DefaultMaxMessageSize
 	}
 	if o.MaxRecipients <= 0 {
 		o.MaxRecipients = DefaultMaxRecipients
 	}
-	return &Handler{opts: o}
+	h.opts.Store(&o)
 }
 
-func (h *Handler) commandTimeout() time.Duration {
-	if h.opts.NodeTimeout > 0 {
-		return h.opts.NodeTimeout
+// Options returns the options in force, defaults filled in.
+func (h *Handler) Options() Options { return *h.opts.Load() }
+
+func (o Options) commandTimeout() time.Duration {
+	if o.NodeTimeout > 0 {
+		return o.NodeTimeout
 	}
 	return DefaultCommandTimeout
 }
 
-func (h *Handler) dataTimeout() time.Duration {
-	if h.opts.NodeTimeout > 0 {
-		return h.opts.NodeTimeout
+func (o Options) dataTimeout() time.Duration {
+	if o.NodeTimeout > 0 {
+		return o.NodeTimeout
 	}
 	return DefaultDataTimeout
 }
@@ -188,6 +203,7 @@ func (h *Handler) dataTimeout() time.Duration {
 // session is one client connection.
 type session struct {
 	h    *Handler
+	opts Options // the handler's options when the session started
 	s    *proxy.Session
 	core *proxy.Core
 	lim  proxy.Limits
@@ -232,7 +248,7 @@ var (
 
 // Serve implements proxy.Handler.
 func (h *Handler) Serve(ctx context.Context, s *proxy.Session) {
-	c := &session{h: h, s: s, core: s.Core, lim: s.Core.Limits(), log: s.Log, ctx: ctx, conn: s.Conn, tls: s.TLS}
+	c := &session{h: h, opts: h.Options(), s: s, core: s.Core, lim: s.Core.Limits(), log: s.Log, ctx: ctx, conn: s.Conn, tls: s.TLS}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -318,7 +334,7 @@ func (c *session) cmdLHLO(arg string) bool {
 	c.helo, c.tx = name, nil
 	eightBit, utf8 := c.h.caps.common()
 	c.adv = advertised{eightBit: eightBit, utf8: utf8}
-	lines := []string{c.core.Hostname(), "PIPELINING", "ENHANCEDSTATUSCODES", "SIZE " + strconv.FormatInt(c.h.opts.MaxMessageSize, 10)}
+	lines := []string{c.core.Hostname(), "PIPELINING", "ENHANCEDSTATUSCODES", "SIZE " + strconv.FormatInt(c.opts.MaxMessageSize, 10)}
 	if eightBit {
 		lines = append(lines, "8BITMIME")
 	}
@@ -353,8 +369,8 @@ func (c *session) cmdMAIL(arg string) bool {
 			if err != nil || size < 0 {
 				return c.badCommand(501, "5.5.4", "Bad SIZE value")
 			}
-			if size > c.h.opts.MaxMessageSize {
-				return c.reply(552, "5.3.4", fmt.Sprintf("Message size exceeds the limit of %d bytes", c.h.opts.MaxMessageSize))
+			if size > c.opts.MaxMessageSize {
+				return c.reply(552, "5.3.4", fmt.Sprintf("Message size exceeds the limit of %d bytes", c.opts.MaxMessageSize))
 			}
 		case p.Key == "BODY" && p.HasValue:
 			switch strings.ToUpper(p.Value) {
@@ -399,7 +415,7 @@ func (c *session) cmdRCPT(arg string) bool {
 	if !c.tx.utf8 && !isASCII(addr) {
 		return c.reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 	}
-	if len(c.tx.rcpts) >= c.h.opts.MaxRecipients {
+	if len(c.tx.rcpts) >= c.opts.MaxRecipients {
 		return c.reply(452, "4.5.3", "Too many recipients")
 	}
 	const proto = "lmtp"
@@ -454,7 +470,7 @@ func (c *session) cmdDATA(arg string) bool {
 	sw := &spoolWriter{sp: sp}
 	last := time.Now()
 	c.conn.SetReadDeadline(last.Add(c.lim.PreLoginTimeout))
-	n, tooBig, err := readData(c.r, sw, c.h.opts.MaxMessageSize, func() {
+	n, tooBig, err := readData(c.r, sw, c.opts.MaxMessageSize, func() {
 		// An idle timeout: the deadline moves while bytes come (at most
 		// once a second, to keep this cheap).
 		if now := time.Now(); now.Sub(last) > time.Second {
@@ -476,9 +492,9 @@ func (c *session) cmdDATA(arg string) bool {
 	var replies []reply
 	switch {
 	case tooBig:
-		c.log.Info("lmtp: message too big", "bytes", n, "max", c.h.opts.MaxMessageSize)
+		c.log.Info("lmtp: message too big", "bytes", n, "max", c.opts.MaxMessageSize)
 		for _, rc := range tx.rcpts {
-			replies = append(replies, reply{Code: 552, Enh: "5.3.4", Lines: []string{fmt.Sprintf("<%s> Message too big: the limit is %d bytes", rc.addr, c.h.opts.MaxMessageSize)}})
+			replies = append(replies, reply{Code: 552, Enh: "5.3.4", Lines: []string{fmt.Sprintf("<%s> Message too big: the limit is %d bytes", rc.addr, c.opts.MaxMessageSize)}})
 			c.observe(rc.route.Island, ResultTooBig)
 		}
 	case sw.err != nil:

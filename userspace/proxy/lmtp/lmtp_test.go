@@ -394,6 +394,55 @@ func TestLimits(t *testing.T) {
 	}
 }
 
+// TestSetOptions: a reload's new limits (SetOptions) apply to sessions
+// that start afterwards; a session in progress keeps the limits it was
+// offered; what the handler learned about the nodes survives.
+func TestSetOptions(t *testing.T) {
+	l := getLab(t)
+	e := newEnv(t, envOpts{opts: Options{MaxMessageSize: 10000, MaxRecipients: 2}}).withLab(l)
+	old, _ := dial(t, e.addr, netip.Addr{})
+	if r := old.expect("LHLO mta.test", 250, ""); !slices.Contains(r.lines, "SIZE 10000") || slices.Contains(r.lines, "8BITMIME") {
+		t.Fatalf("first LHLO: %v", r)
+	}
+	mark := marker(t)
+	old.expect("MAIL FROM:<sender@example.org>", 250, "2.1.0")
+	old.expect("RCPT TO:<alice@a.test>", 250, "2.1.5")
+	old.expect("DATA", 354, "")
+	old.sendData(testMessage(mark, "alice@a.test"))
+	if r := old.reply(); r.code != 250 {
+		t.Fatalf("delivery before the change: %v", r)
+	}
+
+	e.h.SetOptions(Options{MaxMessageSize: 20000, MaxRecipients: 1})
+	if o := e.h.Options(); o.MaxMessageSize != 20000 || o.MaxRecipients != 1 {
+		t.Fatalf("Options() = %+v", o)
+	}
+	// The old session keeps SIZE 10000 and two recipients.
+	old.expect("MAIL FROM:<sender@example.org> SIZE=15000", 552, "5.3.4")
+	old.expect("MAIL FROM:<sender@example.org>", 250, "2.1.0")
+	old.expect("RCPT TO:<alice@a.test>", 250, "2.1.5")
+	old.expect("RCPT TO:<carol@a.test>", 250, "2.1.5")
+	old.expect("RSET", 250, "")
+	old.expect("QUIT", 221, "")
+
+	// A new session gets the new limits, and 8BITMIME: node-a's
+	// capabilities were learned before the change and are kept.
+	c, _ := dial(t, e.addr, netip.Addr{})
+	if r := c.expect("LHLO mta.test", 250, ""); !slices.Contains(r.lines, "SIZE 20000") || !slices.Contains(r.lines, "8BITMIME") {
+		t.Fatalf("LHLO after SetOptions: %v", r)
+	}
+	c.expect("MAIL FROM:<sender@example.org> SIZE=15000", 250, "2.1.0")
+	c.expect("RCPT TO:<alice@a.test>", 250, "2.1.5")
+	c.expect("RCPT TO:<carol@a.test>", 452, "4.5.3")
+	c.expect("QUIT", 221, "")
+
+	// Zero options take the defaults.
+	e.h.SetOptions(Options{})
+	if o := e.h.Options(); o.MaxMessageSize != DefaultMaxMessageSize || o.MaxRecipients != DefaultMaxRecipients {
+		t.Fatalf("defaults: %+v", o)
+	}
+}
+
 // TestPipelining: MAIL, three RCPTs and DATA in one write; the replies
 // come back in order, then the message and its three replies.
 func TestPipelining(t *testing.T) {

@@ -83,7 +83,7 @@ func (c *session) deliverIsland(j *islandJob, env envelope, sp *spool) map[strin
 func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (map[string]reply, error) {
 	ctx := c.ctx
 	host := c.core.Hostname()
-	cmdTimeout, dataTimeout := c.h.commandTimeout(), c.h.dataTimeout()
+	cmdTimeout, dataTimeout := c.opts.commandTimeout(), c.opts.dataTimeout()
 	conn, err := c.core.Dial(ctx, j.route, n, c.s.Client, c.s.Local)
 	if err != nil {
 		return nil, &nodeFailure{err}
