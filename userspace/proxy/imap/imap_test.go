@@ -409,8 +409,8 @@ func TestDirectoryErrors(t *testing.T) {
 	if l := c.line(); !strings.HasPrefix(l, "* BYE ") {
 		t.Fatalf("after directory down: %q", l)
 	}
-	c.closed(time.Second)
-	if el := time.Since(start); el > time.Second {
+	c.closed(5 * time.Second)
+	if el := time.Since(start); el > 5*time.Second {
 		t.Fatalf("closed after %v", el)
 	}
 	// No healthy node.
@@ -705,28 +705,25 @@ func TestThrottle(t *testing.T) {
 	lo := netip.MustParseAddr("127.0.0.1")
 	// Failures 1-3: an unknown user, a wrong password on Dovecot, a
 	// refusal by the fake node; none delayed by the throttle.
-	for i, cmd := range []string{"LOGIN nobody pw", "LOGIN kim wrong", "LOGIN u1 pw"} {
-		bound := time.Second
-		if i == 2 {
-			bound = 250 * time.Millisecond
-		}
-		if el := fail(lo, cmd); el > bound {
-			t.Fatalf("failure %d (%s) took %v", i+1, cmd, el)
-		}
+	// (Upper bounds on answer times would flake on a loaded machine: the
+	// throttle's own count says which answers it delayed.)
+	for _, cmd := range []string{"LOGIN nobody pw", "LOGIN kim wrong", "LOGIN u1 pw"} {
+		fail(lo, cmd)
+	}
+	if n := e.obs.throttles(); n != 0 {
+		t.Fatalf("%d of the first 3 failures throttled, want none", n)
 	}
 	el4 := fail(lo, "LOGIN u2 pw")
-	if el4 < 300*time.Millisecond || el4 > 700*time.Millisecond {
-		t.Fatalf("failure 4 took %v, want 300ms and a little", el4)
+	if el4 < 300*time.Millisecond {
+		t.Fatalf("failure 4 took %v, want 300ms or more", el4)
 	}
 	el5 := fail(lo, "LOGIN u3 pw")
-	if el5 < 600*time.Millisecond || el5 > time.Second {
-		t.Fatalf("failure 5 took %v, want 600ms and a little", el5)
+	if el5 < 600*time.Millisecond {
+		t.Fatalf("failure 5 took %v, want 600ms or more", el5)
 	}
 	t.Logf("failures 4 and 5 answered after %v and %v", el4, el5)
 	// Another source address is not slowed.
-	if el := fail(netip.MustParseAddr("127.0.0.2"), "LOGIN u4 pw"); el > 250*time.Millisecond {
-		t.Fatalf("127.0.0.2 delayed %v", el)
-	}
+	fail(netip.MustParseAddr("127.0.0.2"), "LOGIN u4 pw")
 	if n := e.obs.throttles(); n != 2 {
 		t.Fatalf("%d throttled answers, want 2", n)
 	}

@@ -612,8 +612,8 @@ func TestDirectoryErrors(t *testing.T) {
 				if got := c.login(m, "heidi", labUsers["heidi"]); got != tc.want {
 					t.Fatalf("%s: %q, want %q", m, got, tc.want)
 				}
-				c.expectEOF(time.Second)
-				if d := time.Since(start); d > time.Second {
+				c.expectEOF(5 * time.Second)
+				if d := time.Since(start); d > 5*time.Second {
 					t.Fatalf("closed after %v", d)
 				}
 				e.obs.waitResults(t, tc.results)
@@ -666,12 +666,11 @@ func TestThrottle(t *testing.T) {
 		}
 		// A correct login from the throttled address is not delayed: only
 		// failures are.
-		start := time.Now()
 		if got := c.login(userPass, "ivan", labUsers["ivan"]); got != "+OK Logged in." {
 			t.Fatalf("login: %q", got)
 		}
-		if d := time.Since(start); d > 250*time.Millisecond {
-			t.Fatalf("successful login delayed %v", d)
+		if n := e.obs.throttledCount(); n != 3 {
+			t.Fatalf("the successful login was throttled")
 		}
 	})
 
@@ -685,13 +684,15 @@ func TestThrottle(t *testing.T) {
 		t.Logf("127.0.0.1: %v", took)
 		// Each answer also carries the 100–300ms "no such user" pad.
 		for i, want := range []time.Duration{0, 0, 0, 300 * time.Millisecond, 600 * time.Millisecond} {
-			if took[i] < want+100*time.Millisecond || took[i] > want+450*time.Millisecond {
-				t.Fatalf("failure %d answered after %v, want %v (+100..450ms) (%v)", i+1, took[i], want, took)
+			if took[i] < want+100*time.Millisecond {
+				t.Fatalf("failure %d answered after %v, want %v (+100ms pad or more) (%v)", i+1, took[i], want, took)
 			}
 		}
 		c2, _ := dial(t, e.addr, nil, netip.MustParseAddr("127.0.0.2"))
-		if d := fail(t, c2, "nobody", msgAuthFailed); d > 450*time.Millisecond {
-			t.Fatalf("127.0.0.2 delayed %v by 127.0.0.1's failures", d)
+		before := e.obs.throttledCount()
+		fail(t, c2, "nobody", msgAuthFailed)
+		if n := e.obs.throttledCount(); n != before {
+			t.Fatalf("127.0.0.2's failure was throttled by 127.0.0.1's")
 		}
 	})
 }
@@ -945,7 +946,7 @@ func TestFakeNodes(t *testing.T) {
 			if l := c.login(authIR, "u", pw); l != "-ERR [IN-USE] Mailbox locked by another session." {
 				t.Fatalf("login: %q", l)
 			}
-			if d := time.Since(start); d > 500*time.Millisecond {
+			if d := time.Since(start); d > 2*time.Second {
 				t.Fatalf("[IN-USE] delayed %v", d)
 			}
 		}
