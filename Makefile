@@ -7,7 +7,7 @@ BIN := bin/atoll
 PKGS := ./...
 GENERATED := bpf/*_bpfel.go bpf/*_bpfel.o
 
-.PHONY: all deps generate check-generated build test test-quick fuzz bench run stop lint fmt clean
+.PHONY: all deps generate check-generated build test test-quick fuzz bench bench-quick run stop lint fmt clean
 
 all: build
 
@@ -51,17 +51,35 @@ fuzz:
 test-quick:
 	$(GO) test -count=1 -timeout 10m $(PKGS)
 
-# Benchmarks: BPF_PROG_RUN paths beside the baseline program, Maglev.
+# Benchmarks (bench/README.md): BPF_PROG_RUN paths beside the baseline
+# program, Maglev, atoll against HAProxy, Perdition and nginx end to end in
+# namespaces, the LMTP router, the loopback login proxy. Reports land in
+# bench/results/<date>.md with PNG charts and JSON beside it.
 bench: deps build
 	$(GO) run ./bench -out bench/results
 
-# The main job. Until the lab lands (issue 7) this starts the data plane
-# in a small namespace topology and shows real connections through it.
+# The same, fewer runs and shorter measurements (under five minutes).
+bench-quick: deps build
+	$(GO) run ./bench -quick -out bench/results
+
+# The main job: the reference deployment in network namespaces (two LB
+# hosts with keepalived, two islands of Dovecot nodes, slapd, Postfix, a
+# client). Ctrl-C removes it; `make stop` cleans up after a crash.
 run: deps build
-	./$(BIN) demo
+	./$(BIN) lab
 
 stop: build
+	./$(BIN) lab -stop
 	./$(BIN) demo -stop
+
+# The small data-plane demo (one LB, two nodes, echo servers).
+demo: deps build
+	./$(BIN) demo
+
+# The reference deployment's degraded modes as tests (part of `make test`,
+# which runs ./...; this runs only them).
+test-lab: deps
+	$(GO) test -race -count=1 -timeout 20m -v ./deploy/lab/reference/
 
 fmt:
 	gofmt -w .

@@ -11,7 +11,9 @@ packages=(
 	dovecot-imapd dovecot-pop3d dovecot-lmtpd   # deploy/lab/peer: real IMAP/POP3/LMTP nodes
 	slapd ldap-utils                # deploy/lab/peer: private LDAP directory
 	postfix                         # deploy/lab/peer: private MTA relaying to LMTP
+	keepalived bird2                # deploy/lab/reference: VRRP between the LB hosts, BGP/ECMP example
 	swaks libnet-ssleay-perl        # proxy/lmtp tests: an MTA's LMTP client (with STARTTLS)
+	haproxy perdition nginx libnginx-mod-mail   # bench: the contenders
 )
 
 missing=()

@@ -9,6 +9,7 @@
 //	atoll reset -yes           remove the pinned state (detach, drop tracked flows)
 //	atoll decap -i IFACE ...   attach the node-side decapsulator (ipip nodes)
 //	atoll demo [-once|-stop]   run the data plane in a small namespace topology
+//	atoll lab [-once|-stop]    run the reference deployment in namespaces (make run)
 //	atoll version              print the version
 package main
 
@@ -35,6 +36,8 @@ commands:
   decap     attach (or detach) the node-side ipip decapsulator on an interface
   demo      start the data plane in a small namespace topology and show real
             connections going through it
+  lab       start the reference deployment in network namespaces: two LB
+            hosts with VRRP, two islands of Dovecot nodes, slapd, Postfix
   version   print the version
 
 'atoll COMMAND -h' shows a command's flags.
@@ -61,6 +64,8 @@ func main() {
 		err = runDecap(args)
 	case "demo":
 		err = runDemo(args)
+	case "lab":
+		err = runLab(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:

@@ -89,6 +89,11 @@ type DovecotOptions struct {
 	// LoginTrusted are networks whose IMAP ID x-originating-ip Dovecot
 	// believes (login_trusted_networks): the proxy's addresses.
 	LoginTrusted []netip.Prefix
+	// MailDir is where the users' maildirs live (MailDir/<user>/Maildir);
+	// "" means Dir/mail. Instances given the same MailDir share their
+	// mailboxes, as the nodes of one island share their storage (the lab's
+	// stand-in for an island's MySQL pair). Same path rules as Dir.
+	MailDir string
 }
 
 // DovecotHAProxy are PROXY-protocol listeners of an instance.
@@ -299,6 +304,16 @@ func fillDovecotDefaults(o *DovecotOptions) error {
 		return fmt.Errorf("peer: Dir %q holds a character Dovecot's config would interpret (one of %q)", dir, badPathChars)
 	}
 	o.Dir = dir
+	if o.MailDir != "" {
+		md, err := filepath.Abs(o.MailDir)
+		if err != nil {
+			return fmt.Errorf("peer: %w", err)
+		}
+		if strings.ContainsAny(md, badPathChars) {
+			return fmt.Errorf("peer: MailDir %q holds a character Dovecot's config would interpret (one of %q)", md, badPathChars)
+		}
+		o.MailDir = md
+	}
 	if o.Name == "" {
 		o.Name = "dovecot"
 	}
@@ -347,10 +362,16 @@ func (d *Dovecot) prepareDir(u dovecotUsers) error {
 			return err
 		}
 	}
-	// Maildirs: Dir/mail/<user>/Maildir, owned by the mail user.
-	mail := filepath.Join(o.Dir, "mail")
+	// Maildirs: Dir/mail/<user>/Maildir (or MailDir/<user>/Maildir),
+	// owned by the mail user.
+	mail := d.mailDir()
 	if err := os.MkdirAll(mail, 0o750); err != nil {
 		return err
+	}
+	if o.MailDir != "" {
+		if err := makeTraversable(mail, u.mailUID, u.mailGID); err != nil {
+			return err
+		}
 	}
 	if err := u.chown(mail); err != nil {
 		return err
@@ -403,6 +424,14 @@ func (d *Dovecot) prepareDir(u dovecotUsers) error {
 		return err
 	}
 	return nil
+}
+
+// mailDir is the directory holding the users' homes.
+func (d *Dovecot) mailDir() string {
+	if d.Opts.MailDir != "" {
+		return d.Opts.MailDir
+	}
+	return filepath.Join(d.Opts.Dir, "mail")
 }
 
 // makeTraversable lets uid/gid reach dir: it adds o+x to dir and to every
@@ -632,7 +661,7 @@ func (d *Dovecot) config(u dovecotUsers) string {
 		w("ssl = no")
 	}
 	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s\n}", filepath.Join(o.Dir, "users"))
-	w("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/%%u\n}", u.mailUID, u.mailGID, filepath.Join(o.Dir, "mail"))
+	w("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/%%u\n}", u.mailUID, u.mailGID, d.mailDir())
 	w("service anvil {")
 	if !o.AuthPenalty {
 		// No socket, no penalty: auth treats a missing one as "disabled".
