@@ -38,10 +38,11 @@ type imapClient struct {
 	lit  []byte // scratch for literals, allocated on first use
 }
 
-// dialIMAP connects and reads the greeting; bufSize is the read buffer
-// (small for the thousands of idle sessions of the memory test).
-func dialIMAP(addr string, timeout time.Duration, bufSize int) (*imapClient, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+// dialIMAP connects to t (worker w's address of it) and reads the
+// greeting; bufSize is the read buffer (small for the thousands of idle
+// sessions of the memory test).
+func dialIMAP(t target, w int, timeout time.Duration, bufSize int) (*imapClient, error) {
+	c, err := t.dial(w, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -152,9 +153,9 @@ func (ic *imapClient) logout() error {
 // benchUser is an IMAP account.
 type benchUser struct{ name, password string }
 
-// loginCycle is one client: connect, greeting, LOGIN, LOGOUT.
-func loginCycle(addr string, u benchUser) error {
-	ic, err := dialIMAP(addr, 10*time.Second, 4096)
+// loginCycle is one client (worker w): connect, greeting, LOGIN, LOGOUT.
+func loginCycle(t target, w int, u benchUser) error {
+	ic, err := dialIMAP(t, w, 10*time.Second, 4096)
 	if err != nil {
 		return err
 	}
@@ -174,40 +175,44 @@ type loginLoad struct {
 
 func (l loginLoad) perSecond() float64 { return float64(l.ok) / l.elapsed.Seconds() }
 
-// runLoginLoad runs login cycles against addr from conc workers (worker
+// runLoginLoad runs login cycles against t from conc workers (worker
 // w logs in as users[w % len(users)]) until maxN cycles were started or
 // maxDur has passed, whichever comes first.
-func runLoginLoad(addr string, users []benchUser, conc, maxN int, maxDur time.Duration) loginLoad {
+func runLoginLoad(t target, users []benchUser, conc, maxN int, maxDur time.Duration) loginLoad {
 	var (
 		next, ok, bad atomic.Int64
 		once          sync.Once
 		firstErr      error
-		wg            sync.WaitGroup
 	)
 	start := time.Now()
 	deadline := start.Add(maxDur)
-	for w := range conc {
+	err := t.workers(conc, func(w int) {
 		u := users[w%len(users)]
-		wg.Go(func() {
-			for next.Add(1) <= int64(maxN) && time.Now().Before(deadline) {
-				if err := loginCycle(addr, u); err != nil {
-					bad.Add(1)
-					once.Do(func() { firstErr = err })
-					continue
-				}
-				ok.Add(1)
+		for next.Add(1) <= int64(maxN) && time.Now().Before(deadline) {
+			if err := loginCycle(t, w, u); err != nil {
+				bad.Add(1)
+				once.Do(func() { firstErr = err })
+				continue
 			}
-		})
+			ok.Add(1)
+		}
+	})
+	if err != nil {
+		return loginLoad{errors: 1, elapsed: time.Since(start), firstErr: err}
 	}
-	wg.Wait()
 	return loginLoad{ok: int(ok.Load()), errors: int(bad.Load()), elapsed: time.Since(start), firstErr: firstErr}
 }
 
-// fetchRate logs in as u, selects INBOX and fetches message 1 whole n
-// times; it returns the literal bytes received and the time the fetches
-// took.
-func fetchRate(addr string, u benchUser, n int) (int64, time.Duration, error) {
-	ic, err := dialIMAP(addr, 10*time.Second, 64<<10)
+// fetchRate logs in to t as u, selects INBOX and fetches message 1
+// whole n times; it returns the literal bytes received and the time the
+// fetches took.
+func fetchRate(t target, u benchUser, n int) (bytes int64, took time.Duration, err error) {
+	err = t.workers(1, func(int) { bytes, took, err = fetchOnce(t, u, n) })
+	return bytes, took, err
+}
+
+func fetchOnce(t target, u benchUser, n int) (int64, time.Duration, error) {
+	ic, err := dialIMAP(t, 0, 10*time.Second, 64<<10)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -318,9 +323,14 @@ func startFakeNode() (*fakeNode, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newFakeNode(ln), nil
+}
+
+// newFakeNode serves IMAP on ln (which it owns from now on).
+func newFakeNode(ln net.Listener) *fakeNode {
 	f := &fakeNode{ln: ln, conns: map[net.Conn]struct{}{}}
 	f.wg.Go(f.accept)
-	return f, nil
+	return f
 }
 
 func (f *fakeNode) addr() netip.AddrPort { return f.ln.Addr().(*net.TCPAddr).AddrPort() }

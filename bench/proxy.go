@@ -240,10 +240,10 @@ func benchDovecot(res *ProxyResult, p proxyParams, bin, tmp string, progress fun
 	// Warm up both ways: Dovecot's login and auth processes, the
 	// directory, the page cache and Dovecot's index of the big message.
 	for _, addr := range []netip.AddrPort{direct, vip} {
-		if l := runLoginLoad(addr.String(), users, p.concurrency, 200, 10*time.Second); l.errors > 0 {
+		if l := runLoginLoad(loopTarget(addr), users, p.concurrency, 200, 10*time.Second); l.errors > 0 {
 			return fmt.Errorf("warm-up logins to %v: %d failed: %v", addr, l.errors, l.firstErr)
 		}
-		if _, _, err := fetchRate(addr.String(), big, 1); err != nil {
+		if _, _, err := fetchRate(loopTarget(addr), big, 1); err != nil {
 			return fmt.Errorf("warm-up fetch from %v: %w", addr, err)
 		}
 	}
@@ -260,7 +260,7 @@ func benchDovecot(res *ProxyResult, p proxyParams, bin, tmp string, progress fun
 		var rate [2]float64
 		for _, j := range order(i) {
 			addr := []netip.AddrPort{vip, direct}[j]
-			n, el, err := fetchRate(addr.String(), big, p.fetches)
+			n, el, err := fetchRate(loopTarget(addr), big, p.fetches)
 			if err != nil {
 				return fmt.Errorf("fetch from %v: %w", addr, err)
 			}
@@ -301,7 +301,7 @@ func measureLogins(lg *ProxyLogins, a *atollProc, vip, direct netip.AddrPort, us
 		// warmer (or more tired) machine.
 		for _, j := range order(i) {
 			addr := []netip.AddrPort{vip, direct}[j]
-			got[j] = runLoginLoad(addr.String(), users, p.concurrency, p.maxLogins, p.maxTime)
+			got[j] = runLoginLoad(loopTarget(addr), users, p.concurrency, p.maxLogins, p.maxTime)
 			lg.OK += got[j].ok
 			lg.Errors += got[j].errors
 			if got[j].firstErr != nil && lg.FirstError == "" {
@@ -358,7 +358,7 @@ func benchFakeLogins(res *ProxyResult, p proxyParams, bin, tmp string, progress 
 		users[i] = benchUser{fmt.Sprintf("user%02d", i), "pw"}
 	}
 	for _, addr := range []netip.AddrPort{node.addr(), vip} {
-		if l := runLoginLoad(addr.String(), users, p.concurrency, 500, 10*time.Second); l.errors > 0 {
+		if l := runLoginLoad(loopTarget(addr), users, p.concurrency, 500, 10*time.Second); l.errors > 0 {
 			return fmt.Errorf("warm-up logins to %v: %d failed: %v", addr, l.errors, l.firstErr)
 		}
 	}
@@ -420,7 +420,7 @@ func memoryRun(p proxyParams, bin, tmp, name string) (MemoryRun, error) {
 
 	// A few logins first, so one-time work (first lookups, first dials)
 	// is not counted per session.
-	if l := runLoginLoad(vip.String(), []benchUser{{"warm", "pw"}}, 4, 40, 10*time.Second); l.errors > 0 {
+	if l := runLoginLoad(loopTarget(vip), []benchUser{{"warm", "pw"}}, 4, 40, 10*time.Second); l.errors > 0 {
 		return r, fmt.Errorf("warm-up logins: %v", l.firstErr)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -450,7 +450,7 @@ func memoryRun(p proxyParams, bin, tmp, name string) (MemoryRun, error) {
 				if i >= len(sessions) {
 					return
 				}
-				ic, err := dialIMAP(vip.String(), 30*time.Second, 512)
+				ic, err := dialIMAP(loopTarget(vip), 0, 30*time.Second, 512)
 				if err == nil {
 					if err = ic.login(fmt.Sprintf("user%05d", i), "pw"); err != nil {
 						ic.conn.Close()

@@ -50,7 +50,20 @@ var benchServices = []struct {
 	{maps.Service{VIP: benchVIP6, Port: 993, ID: 4, Forward: maps.ForwardIPIP, Route: maps.RouteIsland}, true},
 	{maps.Service{VIP: benchVIP4, Port: 995, ID: 5, Forward: maps.ForwardIPIP, Route: maps.RouteIsland}, true},
 	{maps.Service{VIP: benchVIP6, Port: 995, ID: 6, Forward: maps.ForwardIPIP, Route: maps.RouteIsland}, false},
+	// The front door (login routing), l2dsr for affinity hits.
+	{maps.Service{VIP: benchVIP4, Port: benchFrontPort, ID: 7, Forward: maps.ForwardL2DSR, Route: maps.RouteLogin}, false},
 }
+
+// The front door's port, the affinity prefix (island 0) and a client
+// outside it. The "new flow per run" rewrite changes the low two bytes of
+// the client address, so the prefix is a /16 and the other client is in
+// another /16. These are map entries only: BPF_PROG_RUN sends nothing.
+const benchFrontPort = 144
+
+var (
+	benchAffinity    = netip.MustParsePrefix("192.0.0.0/16")
+	benchNoAffinity4 = netip.MustParseAddr("198.51.100.77")
+)
 
 const benchNodes = 8
 
@@ -82,6 +95,11 @@ func xdpPaths() []xdpPath {
 			prog: func(s *benchSet) *ebpf.Program { return s.restoreNew.Balancer }},
 		{Name: "ipip new flow 6in6", Kind: "new", Note: "new flow per run, undo step", frame: benchSyn(benchClient6, benchVIP6, 993, syn),
 			prog: func(s *benchSet) *ebpf.Program { return s.restoreNew.Balancer }},
+		{Name: "front door affinity hit v4", Kind: "new", Note: "SYN from a prefix in affinity, l2dsr to the island's ring; new flow per run", frame: benchSyn(benchClient4, benchVIP4, benchFrontPort, syn),
+			prog: func(s *benchSet) *ebpf.Program { return s.newFlows.Balancer }},
+		{Name: "front door handoff v4", Kind: "new", Note: "SYN without affinity, remembered LOCAL and passed to the proxy; new flow per run", frame: benchSyn(benchNoAffinity4, benchVIP4, benchFrontPort, syn),
+			prog: func(s *benchSet) *ebpf.Program { return s.newFlows.Balancer }},
+		{Name: "front door LOCAL flow v4", Kind: "established", Note: "conntrack hit on a LOCAL entry, passed", frame: benchSyn(benchNoAffinity4, benchVIP4, benchFrontPort, syn), prog: plain},
 	}
 }
 
@@ -117,6 +135,10 @@ func setupBench(env *progrun.Env, opts dataplane.BenchOptions) (*dataplane.Bench
 			b.Close()
 			return nil, err
 		}
+	}
+	if err := m.PutAffinity(maps.Affinity{Prefix: benchAffinity, Island: 0}); err != nil {
+		b.Close()
+		return nil, err
 	}
 	for i := range benchNodes {
 		v4 := netip.AddrFrom4([4]byte{198, 51, 100, byte(11 + i)})
