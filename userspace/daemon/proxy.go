@@ -232,7 +232,7 @@ func (d *Daemon) stopProxyListeners(keep map[string]bool) {
 // listenFreebind listens on addr even before the address is on the host
 // (keepalived may add the VIP later): IP_FREEBIND.
 func listenFreebind(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+	lc := net.ListenConfig{KeepAliveConfig: proxy.KeepAlive(), Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			if addr.Addr().Is4() {

@@ -97,10 +97,6 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error
 // serveConn runs the handler on conn, then the relay if the handler
 // handed the session off; done is called when the session is over.
 func (c *Core) serveConn(ctx context.Context, conn net.Conn, l Listener, client netip.AddrPort, done func()) {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetKeepAlive(true)
-		tc.SetKeepAlivePeriod(time.Minute)
-	}
 	s := &Session{
 		Conn: conn, Client: client, Local: addrPort(conn.LocalAddr()), Service: l.Service, Core: c,
 		Log: c.log.With("service", l.Service, "client", client),
