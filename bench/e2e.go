@@ -796,9 +796,13 @@ func ratioRuns(a, b []float64) Spread {
 func (e *e2eEnv) memory(c *contender, progress func(string)) (E2EMemory, error) {
 	m := E2EMemory{Key: c.key, Name: c.name, Sessions: e.p.sessions}
 	var pss, rss []float64
+	// "Before" is read once, before the first run: a process keeps (and
+	// reuses) the memory its first sessions grew it by, so a later
+	// run's own before-and-after difference would be about nothing.
+	// Every run then measures the whole growth with its sessions open.
+	before := readGroupMem(c.pgid())
 	for run := range e.p.memRuns {
 		progress(fmt.Sprintf("e2e memory %-10s %d sessions run %d/%d", c.key, e.p.sessions, run+1, e.p.memRuns))
-		before := readGroupMem(c.pgid())
 		sessions, err := e.openIdle(c)
 		if err != nil {
 			closeAll(sessions)
@@ -942,7 +946,7 @@ func e2eMarkdown(r *E2EResult) string {
 		}
 	}
 	if len(r.Memory) > 0 {
-		fmt.Fprintf(&b, "### Memory per 1,000 idle sessions (LB host)\n\nFake nodes. Per run (%d runs): the contender's process group is read (`VmRSS` and `Pss` of `/proc/PID/smaps_rollup`, summed over its processes), %d sessions log in through it (64 at a time) and stay idle; once the nodes hold every one logged in, and 3 s later (past atoll's 2 s parking delay, when its idle relays are parked), it is read again. Per 1,000 = (after − before) × 1000 ÷ %d. Pss divides shared pages among the processes sharing them (fair to forking servers); RSS counts them in every process. Kernel memory (socket buffers) is not included. For the XDP rows the process is `atoll run`, which never sees those flows: their state is the conntrack LRU entries, preallocated when the map is created.\n\n",
+		fmt.Fprintf(&b, "### Memory per 1,000 idle sessions (LB host)\n\nFake nodes. The contender's process group is read once before the first run (`VmRSS` and `Pss` of `/proc/PID/smaps_rollup`, summed over its processes: \"before\"); per run (%d runs) %d sessions log in through it (64 at a time) and stay idle; once the nodes hold every one logged in, and 3 s later (past atoll's 2 s parking delay, when its idle relays are parked), it is read again. Per 1,000 = (after − before) × 1000 ÷ %d. Pss divides shared pages among the processes sharing them (fair to forking servers); RSS counts them in every process. Kernel memory (socket buffers) is not included. For the XDP rows the process is `atoll run`, which never sees those flows: their state is the conntrack LRU entries, preallocated when the map is created.\n\n",
 			r.Setup.MemRuns, r.Memory[0].Sessions, r.Memory[0].Sessions)
 		b.WriteString("| contender | Pss KiB / 1000 | min–max | RSS KiB / 1000 | min–max | processes before → after |\n|---|---:|---:|---:|---:|---:|\n")
 		for _, m := range r.Memory {

@@ -762,6 +762,9 @@ func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c
 					}
 				}
 				after(c, rcpts)
+			case "RSET":
+				rcpts = nil
+				io.WriteString(c, "250 2.0.0 OK\r\n")
 			case "QUIT":
 				io.WriteString(c, "221 2.0.0 bye\r\n")
 				return

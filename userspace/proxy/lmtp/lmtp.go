@@ -224,6 +224,11 @@ type session struct {
 	adv  advertised // what the last LHLO offered
 	bad  int        // unrecognised or malformed commands so far
 	tx   *transaction
+
+	// nodes are node sessions kept between transactions, by island
+	// (node.go); islands are delivered concurrently.
+	nodesMu sync.Mutex
+	nodes   map[string]*nodeConn
 }
 
 // advertised are the optional extensions one LHLO answer offered.
@@ -254,6 +259,9 @@ func (h *Handler) Serve(ctx context.Context, s *proxy.Session) {
 	}
 	c.obs, _ = c.core.Observer().(Observer)
 	c.setConn(c.conn)
+	// Kept node sessions end (with QUIT) after the client's connection
+	// is closed, so the client does not wait for them.
+	defer c.closeNodes()
 	defer func() { c.conn.Close() }()
 	c.reply(220, "", c.core.Hostname()+" LMTP atoll ready")
 	for {

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -814,5 +815,148 @@ func TestNodeRefusalsRelayed(t *testing.T) {
 		if strings.HasPrefix(l, "RCPT") {
 			t.Fatalf("the node that refused MAIL got %q", l)
 		}
+	}
+}
+
+// TestNodeConnectionKept: transactions of one client session reuse the
+// island's node connection (one connect, one LHLO); a transaction whose
+// recipients were all refused leaves the node's transaction open, so the
+// next starts with RSET; when the node has closed the kept connection,
+// the next transaction dials anew and is delivered, not deferred; the
+// client's QUIT ends the kept connection with QUIT.
+func TestNodeConnectionKept(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	var conns, txs atomic.Int32
+	var refused atomic.Bool
+	lmtp := fakeLMTP(func(c net.Conn, rcpts []string) {
+		for _, r := range rcpts {
+			fmt.Fprintf(c, "250 2.0.0 <%s> saved\r\n", r)
+		}
+		if txs.Add(1) == 3 {
+			c.Close() // the node ends the idle connection
+		}
+	})
+	f := newFakeNode(t, func(c net.Conn, r *bufio.Reader, f *fakeNode) {
+		conns.Add(1)
+		if !refused.Load() {
+			lmtp(c, r, f)
+			return
+		}
+		// Refuses every recipient until RSET.
+		refused.Store(false)
+		refuse := true
+		var rcpts []string
+		io.WriteString(c, "220 fake LMTP\r\n")
+		for {
+			l, ok := f.read(r)
+			if !ok {
+				return
+			}
+			verb, arg, _ := strings.Cut(l, " ")
+			switch strings.ToUpper(verb) {
+			case "LHLO":
+				io.WriteString(c, "250-fake\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 PIPELINING\r\n")
+			case "MAIL":
+				rcpts = nil
+				io.WriteString(c, "250 2.1.0 OK\r\n")
+			case "RCPT":
+				if refuse {
+					io.WriteString(c, "550 5.1.1 no such user\r\n")
+					continue
+				}
+				rcpts = append(rcpts, strings.Trim(strings.TrimPrefix(arg, "TO:"), "<>"))
+				io.WriteString(c, "250 2.1.5 OK\r\n")
+			case "RSET":
+				refuse, rcpts = false, nil
+				io.WriteString(c, "250 2.0.0 OK\r\n")
+			case "DATA":
+				io.WriteString(c, "354 go\r\n")
+				for {
+					if dl, ok := f.read(r); !ok {
+						return
+					} else if dl == "." {
+						break
+					}
+				}
+				for _, rc := range rcpts {
+					fmt.Fprintf(c, "250 2.0.0 <%s> saved\r\n", rc)
+				}
+			case "QUIT":
+				io.WriteString(c, "221 2.0.0 bye\r\n")
+				return
+			default:
+				io.WriteString(c, "500 5.5.2 what\r\n")
+			}
+		}
+	})
+	e.nodes.setIsland("k", proxy.IslandSettings{}, proxy.NodeInfo{Name: "fake-k", Addr: f.addr(), Healthy: true})
+	for _, u := range []string{"u1@k.test", "u2@k.test"} {
+		e.dir.set(u, "k")
+	}
+	c, _ := dial(t, e.addr, netip.Addr{})
+	c.expect("LHLO mta.test", 250, "")
+	send := func(rcpt string, want int) {
+		t.Helper()
+		c.expect("MAIL FROM:<sender@example.org>", 250, "")
+		c.expect("RCPT TO:<"+rcpt+">", 250, "")
+		c.expect("DATA", 354, "")
+		c.sendData(testMessage(marker(t), rcpt))
+		if r := c.reply(); r.code != want {
+			t.Fatalf("%s: %v, want %d", rcpt, r, want)
+		}
+	}
+	send("u1@k.test", 250)
+	send("u2@k.test", 250)
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("two transactions took %d node connections, want 1", n)
+	}
+	send("u1@k.test", 250) // the fake closes the connection after this one
+	send("u2@k.test", 250) // so this one dials anew
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("after the node closed the kept connection: %d node connections, want 2", n)
+	}
+	c.expect("QUIT", 221, "")
+
+	// A node session whose recipients were all refused is reset before
+	// the next transaction on it.
+	refused.Store(true)
+	c, _ = dial(t, e.addr, netip.Addr{})
+	c.expect("LHLO mta.test", 250, "")
+	send("u1@k.test", 550)
+	send("u2@k.test", 250)
+	c.expect("QUIT", 221, "")
+	if n := conns.Load(); n != 3 {
+		t.Errorf("%d node connections in all, want 3", n)
+	}
+	f.mu.Lock()
+	seen := slices.Clone(f.seen)
+	f.mu.Unlock()
+	var lhlo, rset int
+	for _, l := range seen {
+		switch verb, _, _ := strings.Cut(l, " "); verb {
+		case "LHLO":
+			lhlo++
+		case "RSET":
+			rset++
+		}
+	}
+	// Two LHLO per connection (ours, then go-smtp's) and one more after
+	// the RSET (go-smtp's Reset forgets the LHLO).
+	if lhlo != 7 || rset != 1 {
+		t.Errorf("the node saw %d LHLO (want 7) and %d RSET (want 1):\n%s", lhlo, rset, strings.Join(seen, "\n"))
+	}
+	// The last connection ends with QUIT once the client has quit.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.mu.Lock()
+		last := f.seen[len(f.seen)-1]
+		f.mu.Unlock()
+		if last == "QUIT" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kept node connection did not get QUIT; last command %q", last)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -38,12 +38,30 @@ func (e *nodeFailure) Unwrap() error { return e.err }
 
 func failf(format string, a ...any) error { return &nodeFailure{fmt.Errorf(format, a...)} }
 
-// deliverIsland delivers to one island: its nodes in the order of the
-// first recipient's route, the next one only while the previous failed
-// before accepting a recipient. It returns a reply per address.
+// deliverIsland delivers to one island: on the connection an earlier
+// transaction of this client session left open to one of the island's
+// nodes, if there is one and it still works, else on the island's nodes in
+// the order of the first recipient's route, the next one only while the
+// previous failed before accepting a recipient. It returns a reply per
+// address.
 func (c *session) deliverIsland(j *islandJob, env envelope, sp *spool) map[string]reply {
 	var res map[string]reply
+	if nc := c.takeNode(j, env); nc != nil {
+		r, keep, err := c.transact(nc, j, env, sp)
+		if err == nil {
+			res = r
+			c.keepNode(j.island, nc, keep)
+		} else {
+			// Most often the node closed the idle connection: not worth
+			// a warning, a fresh connection follows.
+			c.log.Debug("lmtp: kept node connection failed, dialing anew", "island", j.island, "node", nc.name, "err", err)
+			nc.close(false)
+		}
+	}
 	for _, n := range j.route.Nodes {
+		if res != nil {
+			break
+		}
 		r, err := c.tryNode(j, n, env, sp)
 		if err == nil {
 			res = r
@@ -76,11 +94,101 @@ func (c *session) deliverIsland(j *islandJob, env envelope, sp *spool) map[strin
 	return res
 }
 
-// tryNode runs the island's transaction on node n. A *nodeFailure error
-// means nothing was accepted there and another node may be tried;
-// otherwise every address has a reply (the node's own, or 451 4.4.2 for
-// those it had accepted when it failed).
+// nodeConn is an LMTP session with a node that has greeted and answered
+// LHLO (and XCLIENT): between transactions of one client session it is
+// kept, per island, so an MTA that sends many messages on one connection
+// (Postfix's connection cache) does not cost a node connection each.
+type nodeConn struct {
+	name  string // the node's
+	helo  string // the client's LHLO name it was opened for (XCLIENT HELO=)
+	sc    *smtp.Client
+	conn  net.Conn // the connection go-smtp uses (TLS over raw after STARTTLS)
+	raw   net.Conn
+	stop  func() bool // unregisters the close on the session's end
+	dirty bool        // a MAIL transaction may be open: RSET before the next
+}
+
+// close ends the node session, with QUIT when polite.
+func (nc *nodeConn) close(polite bool) {
+	if polite {
+		quit(nc.sc)
+	}
+	nc.stop()
+	nc.raw.Close()
+}
+
+// takeNode removes and returns the island's kept connection when it may
+// serve this transaction: opened for the same LHLO name, to a node still
+// among the island's healthy nodes.
+func (c *session) takeNode(j *islandJob, env envelope) *nodeConn {
+	c.nodesMu.Lock()
+	nc := c.nodes[j.island]
+	delete(c.nodes, j.island)
+	c.nodesMu.Unlock()
+	if nc == nil {
+		return nil
+	}
+	if nc.helo == env.helo {
+		for _, n := range j.route.Nodes {
+			if n.Name == nc.name {
+				return nc
+			}
+		}
+	}
+	nc.close(true)
+	return nil
+}
+
+// keepNode keeps nc for the island's next transaction, or closes it.
+func (c *session) keepNode(island string, nc *nodeConn, keep bool) {
+	if !keep {
+		nc.close(false)
+		return
+	}
+	c.nodesMu.Lock()
+	if c.nodes == nil {
+		c.nodes = map[string]*nodeConn{}
+	}
+	old := c.nodes[island]
+	c.nodes[island] = nc
+	c.nodesMu.Unlock()
+	if old != nil {
+		old.close(true)
+	}
+}
+
+// closeNodes ends every kept node session (the client's session is over).
+func (c *session) closeNodes() {
+	c.nodesMu.Lock()
+	nodes := c.nodes
+	c.nodes = nil
+	c.nodesMu.Unlock()
+	for _, nc := range nodes {
+		nc.close(true)
+	}
+}
+
+// tryNode runs the island's transaction on a new connection to node n. A
+// *nodeFailure error means nothing was accepted there and another node
+// may be tried; otherwise every address has a reply (the node's own, or
+// 451 4.4.2 for those it had accepted when it failed).
 func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (map[string]reply, error) {
+	nc, err := c.openNode(j, n, env)
+	if err != nil {
+		return nil, err
+	}
+	res, keep, err := c.transact(nc, j, env, sp)
+	if err != nil {
+		nc.close(false)
+		return nil, err
+	}
+	c.keepNode(j.island, nc, keep)
+	return res, nil
+}
+
+// openNode connects to node n and brings the session up to the point
+// where a MAIL transaction can start.
+func (c *session) openNode(j *islandJob, n proxy.Node, env envelope) (_ *nodeConn, err error) {
 	ctx := c.ctx
 	host := c.core.Hostname()
 	cmdTimeout, dataTimeout := c.opts.commandTimeout(), c.opts.dataTimeout()
@@ -91,9 +199,13 @@ func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (
 	// The session ending (the server stopping) cuts the node too; closing
 	// the socket also ends a TLS connection on top of it.
 	raw := conn
-	defer raw.Close()
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
+	defer func() {
+		if err != nil {
+			stop()
+			raw.Close()
+		}
+	}()
 
 	// Greeting, LHLO, STARTTLS and XCLIENT are ours: go-smtp's Client can
 	// neither send XCLIENT nor start TLS on a connection it already
@@ -171,33 +283,48 @@ func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (
 	if err := sc.Hello(hello); err != nil {
 		return nil, failf("LHLO: %w", err)
 	}
+	return &nodeConn{name: n.Name, helo: env.helo, sc: sc, conn: conn, raw: raw, stop: stop}, nil
+}
+
+// transact runs one MAIL transaction on nc. A *nodeFailure error means
+// nothing was accepted and nc is unusable; otherwise every address has a
+// reply, and keep says whether nc may serve the next transaction.
+func (c *session) transact(nc *nodeConn, j *islandJob, env envelope, sp *spool) (_ map[string]reply, keep bool, _ error) {
+	sc, conn := nc.sc, nc.conn
+	dataTimeout := c.opts.dataTimeout()
+	conn.SetDeadline(time.Time{})
+	if nc.dirty {
+		if err := sc.Reset(); err != nil {
+			return nil, false, failf("RSET: %w", err)
+		}
+	}
+	nc.dirty = true
 	if env.utf8 {
 		if ok, _ := sc.Extension("SMTPUTF8"); !ok {
-			return nil, failf("the node does not offer SMTPUTF8")
+			return nil, false, failf("the node does not offer SMTPUTF8")
 		}
 	}
 	if err := sc.Mail(env.from, &smtp.MailOptions{Size: sp.Size(), UTF8: env.utf8}); err != nil {
 		se := asSMTPError(err)
 		if se == nil || se.Code/100 != 5 {
-			return nil, failf("MAIL: %w", err)
+			return nil, false, failf("MAIL: %w", err)
 		}
 		// A permanent refusal of the sender is the island's answer.
 		res := map[string]reply{}
 		for _, a := range j.addrs {
 			res[a] = relayError(se)
 		}
-		quit(sc)
-		return res, nil
+		return res, true, nil
 	}
 
 	res := map[string]reply{}
 	var accepted []string
-	failed := func(addrs []string, err error) (map[string]reply, error) {
-		c.log.Warn("lmtp: node failed during delivery", "island", j.island, "node", n.Name, "recipients", addrs, "err", err)
+	failed := func(addrs []string, err error) (map[string]reply, bool, error) {
+		c.log.Warn("lmtp: node failed during delivery", "island", j.island, "node", nc.name, "recipients", addrs, "err", err)
 		for _, a := range addrs {
 			res[a] = reply{Code: 451, Enh: "4.4.2", Lines: []string{fmt.Sprintf("<%s> The server of island %s failed during delivery, try again later", a, j.island)}, NodeFailed: true}
 		}
-		return res, nil
+		return res, false, nil
 	}
 	for i, a := range j.addrs {
 		err := sc.Rcpt(a, nil)
@@ -210,13 +337,12 @@ func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (
 			continue
 		}
 		if len(accepted) == 0 {
-			return nil, failf("RCPT: %w", err)
+			return nil, false, failf("RCPT: %w", err)
 		}
 		return failed(append(accepted, j.addrs[i:]...), err)
 	}
 	if len(accepted) == 0 {
-		quit(sc)
-		return res, nil
+		return res, true, nil
 	}
 	w, err := sc.Data()
 	if err != nil {
@@ -224,8 +350,7 @@ func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (
 			for _, a := range accepted {
 				res[a] = relayError(se)
 			}
-			quit(sc)
-			return res, nil
+			return res, true, nil
 		}
 		return failed(accepted, fmt.Errorf("DATA: %w", err))
 	}
@@ -250,9 +375,10 @@ func (c *session) tryNode(j *islandJob, n proxy.Node, env envelope, sp *spool) (
 	if len(lost) > 0 {
 		return failed(lost, fmt.Errorf("after the message: %w", err))
 	}
-	quit(sc)
-	c.log.Info("lmtp: delivered", "island", j.island, "node", n.Name, "from", env.from, "recipients", len(j.addrs), "bytes", sp.Size(), "spooled_to_disk", sp.onDisk())
-	return res, nil
+	conn.SetDeadline(time.Time{})
+	nc.dirty = false
+	c.log.Info("lmtp: delivered", "island", j.island, "node", nc.name, "from", env.from, "recipients", len(j.addrs), "bytes", sp.Size(), "spooled_to_disk", sp.onDisk())
+	return res, true, nil
 }
 
 // quit ends a node session politely, without waiting long.
