@@ -39,7 +39,9 @@ test: deps check-generated build lint
 # Fuzz targets (seed corpora also run as plain tests).
 FUZZTIME ?= 60s
 FUZZ_TARGETS := ./userspace/proxy/imap:FuzzCommand ./userspace/proxy/pop3:FuzzCommand \
-	./userspace/config:FuzzParse ./bpf/packet:FuzzParse
+	./userspace/config:FuzzParse ./bpf/packet:FuzzParse \
+	./userspace/proxy/lmtp:FuzzParseCommand ./userspace/proxy/lmtp:FuzzParseMailArg \
+	./userspace/proxy/lmtp:FuzzReadData ./userspace/proxy/lmtp:FuzzReadReply
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
