@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,20 +21,9 @@ import (
 
 // ---- helpers ----
 
-func requireDovecot(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("dovecot"); err == nil {
-		return
-	}
-	if _, err := os.Stat("/usr/sbin/dovecot"); err == nil {
-		return
-	}
-	t.Skip("SKIP: dovecot is not installed; run deploy/install-deps.sh (as root)")
-}
-
 func startDovecot(t *testing.T, o peer.DovecotOptions) *peer.Dovecot {
 	t.Helper()
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	d, err := peer.StartDovecot(ctx, o)

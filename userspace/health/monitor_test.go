@@ -266,7 +266,7 @@ func TestCheckNowRiseFall(t *testing.T) {
 // checks, UP after exactly Rise good ones, one onChange and one log line
 // per transition.
 func TestMonitorFollowsDovecot(t *testing.T) {
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	const rise, fall = 2, 3
 	dir := t.TempDir()
 	o := peer.DovecotOptions{Dir: dir, Name: "node-m", Ports: peer.DovecotPorts{POP3: -1}}

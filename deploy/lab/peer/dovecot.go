@@ -112,7 +112,7 @@ type Dovecot struct {
 	PID     int            // the master process (leader of its process group)
 	Config  string         // path of dovecot.conf
 
-	proc     *process
+	proc     *Process
 	logPath  string
 	baseDir  string
 	ownsBase bool // baseDir is a private temp dir to remove on Stop
@@ -149,7 +149,7 @@ func (d *Dovecot) Log() string {
 // kills whatever of its process group is left, and reaps it. Idempotent.
 // It reports a master that had exited on its own with an error.
 func (d *Dovecot) Stop() error {
-	err := d.proc.stop(5*time.Second, false)
+	err := d.proc.Stop(5*time.Second, false)
 	d.cleanup()
 	if err != nil {
 		return fmt.Errorf("dovecot %s (pid %d): %w", d.Opts.Name, d.PID, err)
@@ -162,7 +162,7 @@ func (d *Dovecot) Stop() error {
 // the master is gone, which a "node crashed" test must not wait for).
 // The process is reaped; Stop afterwards is a no-op.
 func (d *Dovecot) Kill() error {
-	err := d.proc.stop(0, true)
+	err := d.proc.Stop(0, true)
 	d.cleanup()
 	if err != nil {
 		return fmt.Errorf("dovecot %s (pid %d): %w", d.Opts.Name, d.PID, err)
@@ -171,7 +171,7 @@ func (d *Dovecot) Kill() error {
 }
 
 // Running reports whether the master process has not exited.
-func (d *Dovecot) Running() bool { return d.proc.running() }
+func (d *Dovecot) Running() bool { return d.proc.Running() }
 
 func (d *Dovecot) cleanup() {
 	if d.ownsBase {
@@ -231,12 +231,9 @@ func StartDovecot(ctx context.Context, o DovecotOptions) (*Dovecot, error) {
 	if err := fillDovecotDefaults(&o); err != nil {
 		return nil, err
 	}
-	bin, err := exec.LookPath("dovecot")
+	bin, err := Binary("dovecot")
 	if err != nil {
-		bin = "/usr/sbin/dovecot" // not in a non-root PATH
-		if _, serr := os.Stat(bin); serr != nil {
-			return nil, errors.New("peer: dovecot is not installed (run deploy/install-deps.sh)")
-		}
+		return nil, err
 	}
 	users, err := lookupDovecotUsers()
 	if err != nil {
@@ -476,13 +473,13 @@ func (d *Dovecot) start(ctx context.Context, bin string, u dovecotUsers) error {
 	cmd := d.Opts.Command(bin, "-F", "-c", d.Config)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
-	p, err := startProcess(cmd)
+	p, err := StartProcess(cmd)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	d.proc, d.PID = p, p.pid
 	if err := d.waitReady(ctx); err != nil {
-		if serr := p.stop(5*time.Second, false); serr != nil && p.signaled {
+		if serr := p.Stop(5*time.Second, false); serr != nil && p.signaled {
 			err = errors.Join(err, serr)
 		}
 		return err
@@ -737,7 +734,7 @@ func (d *Dovecot) waitReady(ctx context.Context) error {
 func (d *Dovecot) poll(ctx context.Context, probe func(context.Context) error) error {
 	backoff := 5 * time.Millisecond
 	for {
-		if !d.proc.running() {
+		if !d.proc.Running() {
 			return errors.New("dovecot exited during startup")
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)

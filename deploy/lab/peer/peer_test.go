@@ -22,17 +22,6 @@ import (
 	"github.com/atoll-lb/atoll/userspace/netns"
 )
 
-func requireDovecot(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("dovecot"); err == nil {
-		return
-	}
-	if _, err := os.Stat("/usr/sbin/dovecot"); err == nil {
-		return
-	}
-	t.Skip("SKIP: dovecot is not installed; run deploy/install-deps.sh (as root)")
-}
-
 func testCtx(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -41,7 +30,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 
 func startDovecot(t *testing.T, o DovecotOptions) *Dovecot {
 	t.Helper()
-	requireDovecot(t)
+	Require(t, "dovecot")
 	d, err := StartDovecot(testCtx(t, 20*time.Second), o)
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +155,7 @@ func (c *textConn) close() { c.c.Close() }
 func descendants(pid int) map[int]uint64 {
 	children := map[int][]int{}
 	start := map[int]uint64{}
-	allProcs(func(p int, s procStat) {
+	allProcs(func(p int, s ProcStat) {
 		children[s.PPID] = append(children[s.PPID], p)
 		start[p] = s.StartTime
 	})
@@ -190,7 +179,7 @@ func descendants(pid int) map[int]uint64 {
 func requireGone(t *testing.T, procs map[int]uint64) {
 	t.Helper()
 	for pid, st := range procs {
-		s, err := readStat(pid)
+		s, err := ReadStat(pid)
 		if err == nil && s.StartTime == st && s.State != 'Z' && s.State != 'X' {
 			t.Errorf("process %d (started %d) survives, state %c", pid, st, s.State)
 		}
@@ -437,9 +426,9 @@ func TestDovecotKillAndRestart(t *testing.T) {
 }
 
 func TestDovecotLongDirAndIPv6(t *testing.T) {
-	requireDovecot(t)
+	Require(t, "dovecot")
 	if _, err := net.Listen("tcp", "[::1]:0"); err != nil {
-		t.Skipf("SKIP: no IPv6 loopback: %v", err)
+		t.Fatalf("no IPv6 loopback (::1): %v", err)
 	}
 	// A Dir too long for base_dir's unix sockets.
 	long := t.TempDir() + "/" + strings.Repeat("d", 90)
@@ -491,7 +480,7 @@ func TestDovecotOptionErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if strings.Contains(tc.name, "disabled") || strings.Contains(tc.name, "range") || strings.Contains(tc.name, "loopback") {
-				requireDovecot(t)
+				Require(t, "dovecot")
 			}
 			d, err := StartDovecot(testCtx(t, 10*time.Second), tc.o)
 			if err == nil {
@@ -506,7 +495,7 @@ func TestDovecotOptionErrors(t *testing.T) {
 }
 
 func TestDovecotInNamespace(t *testing.T) {
-	requireDovecot(t)
+	Require(t, "dovecot")
 	if os.Geteuid() != 0 {
 		t.Skip("SKIP: network namespaces need root")
 	}

@@ -76,7 +76,7 @@ type Postfix struct {
 	ConfigDir string         // Dir/etc: main.cf, master.cf (postfix -c, postqueue -c)
 
 	mu      sync.Mutex // serialises Start, Stop, Kill
-	proc    *process
+	proc    *Process
 	logPath string
 	bins    postfixBins
 }
@@ -97,7 +97,7 @@ func (p *Postfix) Log() string {
 func (p *Postfix) Running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.proc != nil && p.proc.running()
+	return p.proc != nil && p.proc.Running()
 }
 
 // StartPostfix writes a private configuration under o.Dir, runs
@@ -275,27 +275,12 @@ func relayAddr(relay string) (netip.Addr, bool) {
 
 func findPostfix() (postfixBins, error) {
 	var b postfixBins
-	for _, c := range []struct {
-		dst  *string
-		name string
-		dirs []string
-	}{
-		{&b.postfix, "postfix", []string{"/usr/sbin", "/usr/local/sbin"}},
-		{&b.postqueue, "postqueue", []string{"/usr/sbin", "/usr/local/sbin"}},
-	} {
-		if p, err := exec.LookPath(c.name); err == nil {
-			*c.dst = p
-			continue
-		}
-		for _, d := range c.dirs {
-			if _, err := os.Stat(filepath.Join(d, c.name)); err == nil {
-				*c.dst = filepath.Join(d, c.name)
-				break
-			}
-		}
-		if *c.dst == "" {
-			return b, errors.New("peer: postfix is not installed (run deploy/install-deps.sh)")
-		}
+	var err error
+	if b.postfix, err = Binary("postfix"); err != nil {
+		return b, err
+	}
+	if b.postqueue, err = Binary("postqueue"); err != nil {
+		return b, err
 	}
 	// The master lives in daemon_directory (compiled in; Debian:
 	// /usr/lib/postfix/sbin). postconf sits next to postfix.
@@ -451,11 +436,11 @@ func (p *Postfix) writeConfig() error {
 func (p *Postfix) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.proc != nil && p.proc.running() {
+	if p.proc != nil && p.proc.Running() {
 		return fmt.Errorf("peer: postfix (pid %d) is already running", p.PID)
 	}
 	if p.proc != nil {
-		_ = p.proc.stop(0, true) // exited on its own: reap it
+		_ = p.proc.Stop(0, true) // exited on its own: reap it
 	}
 	logf, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -474,8 +459,8 @@ func (p *Postfix) Start(ctx context.Context) error {
 	}
 	p.proc, p.PID = proc, proc.pid
 	if err := p.waitReady(ctx); err != nil {
-		exited := !proc.running()
-		if serr := proc.stop(5*time.Second, false); serr != nil && proc.signaled {
+		exited := !proc.Running()
+		if serr := proc.Stop(5*time.Second, false); serr != nil && proc.signaled {
 			err = errors.Join(err, serr)
 		}
 		if exited {
@@ -530,17 +515,17 @@ func (p *Postfix) run(ctx context.Context, stdout, stderr io.Writer, name string
 	cmd := p.Opts.Command(name, args...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	proc, err := startProcess(cmd)
+	proc, err := StartProcess(cmd)
 	if err != nil {
 		return err
 	}
 	select {
 	case <-proc.exited:
 	case <-ctx.Done():
-		_ = proc.stop(0, true)
+		_ = proc.Stop(0, true)
 		return ctx.Err()
 	}
-	return proc.stop(0, false) // reaps it; reports a failed exit
+	return proc.Stop(0, false) // reaps it; reports a failed exit
 }
 
 // startSessionLeader is startProcess for the Postfix master: it starts
@@ -548,7 +533,7 @@ func (p *Postfix) run(ctx context.Context, stdout, stderr io.Writer, name string
 // the same id), because the master calls setsid(2) and tolerates its
 // failure only when it already leads its session. SIGKILL if the
 // starting thread dies, as for every process here.
-func startSessionLeader(cmd *exec.Cmd) (*process, error) {
+func startSessionLeader(cmd *exec.Cmd) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -558,7 +543,7 @@ func startSessionLeader(cmd *exec.Cmd) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	proc := &process{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	proc := &Process{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
 	go proc.watch()
 	return proc, nil
 }
@@ -579,7 +564,7 @@ func (p *Postfix) halt(hard bool) error {
 	if p.proc == nil {
 		return nil
 	}
-	if err := p.proc.stop(5*time.Second, hard); err != nil {
+	if err := p.proc.Stop(5*time.Second, hard); err != nil {
 		return fmt.Errorf("peer: postfix (pid %d): %w", p.PID, err)
 	}
 	return nil
@@ -590,7 +575,7 @@ func (p *Postfix) waitReady(ctx context.Context) error {
 	proc := p.proc
 	backoff := 5 * time.Millisecond
 	for {
-		if !proc.running() {
+		if !proc.Running() {
 			return errors.New("the master daemon exited during startup")
 		}
 		// The probe ends when the master exits: what answers may be

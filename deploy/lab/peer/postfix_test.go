@@ -24,9 +24,7 @@ func requirePostfix(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("SKIP: postfix needs root")
 	}
-	if _, err := findPostfix(); err != nil {
-		t.Skipf("SKIP: %v", err)
-	}
+	Require(t, "postfix", "postqueue")
 }
 
 func startPostfix(t *testing.T, o PostfixOptions) *Postfix {
@@ -293,7 +291,7 @@ func TestPostfixRelaysToLMTP(t *testing.T) {
 	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID)); !strings.Contains(string(cmdline), "master") {
 		t.Fatalf("PID %d is %q, not the master daemon", p.PID, cmdline)
 	}
-	if s, err := readStat(p.PID); err != nil || s.PGRP != p.PID {
+	if s, err := ReadStat(p.PID); err != nil || s.PGRP != p.PID {
 		t.Fatalf("master %d: process group %d (%v), want its own", p.PID, s.PGRP, err)
 	}
 
@@ -403,7 +401,7 @@ func TestPostfixRelaysToLMTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireGone(t, procs)
-	if live := groupMembers(p.PID); len(live) != 0 {
+	if live := GroupMembers(p.PID); len(live) != 0 {
 		t.Fatalf("process group %d still has %v", p.PID, live)
 	}
 	if err := p.Stop(); err != nil {
@@ -499,7 +497,7 @@ func TestPostfixIPv6(t *testing.T) {
 	requirePostfix(t)
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
-		t.Skipf("SKIP: no IPv6 loopback: %v", err)
+		t.Fatalf("no IPv6 loopback (::1): %v", err)
 	}
 	lmtp := newFakeLMTP(t, ln)
 	p := startPostfix(t, PostfixOptions{

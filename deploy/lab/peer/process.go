@@ -16,13 +16,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// process is a foreground daemon we started and own: it runs in its own
+// Process is a foreground daemon we started and own: it runs in its own
 // process group (so every process it forks can be found and killed), gets
 // SIGKILL if the thread that started it dies (Pdeathsig: a crashed test
 // leaves no daemon behind), and is reaped only after its whole group is
 // gone, so neither its PID nor its group id can be reused while we still
 // signal them.
-type process struct {
+type Process struct {
 	cmd    *exec.Cmd
 	pid    int
 	exited chan struct{} // closed once the leader has exited (still unreaped)
@@ -33,8 +33,8 @@ type process struct {
 	waitErr  error // from cmd.Wait
 }
 
-// startProcess starts cmd as the leader of a new process group.
-func startProcess(cmd *exec.Cmd) (*process, error) {
+// StartProcess starts cmd as the leader of a new process group.
+func StartProcess(cmd *exec.Cmd) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -44,14 +44,14 @@ func startProcess(cmd *exec.Cmd) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &process{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
 	go p.watch()
 	return p, nil
 }
 
 // watch waits for the leader to exit without reaping it (WNOWAIT): the
 // zombie keeps the PID and the process group id reserved until reap.
-func (p *process) watch() {
+func (p *Process) watch() {
 	defer close(p.exited)
 	for {
 		var info unix.Siginfo
@@ -62,8 +62,15 @@ func (p *process) watch() {
 	}
 }
 
-// running reports whether the leader has not exited yet.
-func (p *process) running() bool {
+// PID is the leader's process id, which is also the group's id.
+func (p *Process) PID() int { return p.pid }
+
+// Exited is closed once the leader has exited (it stays unreaped until
+// Stop).
+func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// Running reports whether the leader has not exited yet.
+func (p *Process) Running() bool {
 	select {
 	case <-p.exited:
 		return false
@@ -72,18 +79,22 @@ func (p *process) running() bool {
 	}
 }
 
-// stop sends SIGTERM (or SIGKILL at once if hard), waits up to grace for
+// ErrExitedOnItsOwn is in Stop's error when the leader had exited with a
+// failure before Stop signalled it.
+var ErrExitedOnItsOwn = errors.New("exited on its own")
+
+// Stop sends SIGTERM (or SIGKILL at once if hard), waits up to grace for
 // the leader, then SIGKILL; then kills what is left of the group, waits
 // for it to be gone and reaps the leader. Idempotent. It returns an error
 // if the process had exited on its own with a failure, or if something
 // survives.
-func (p *process) stop(grace time.Duration, hard bool) error {
+func (p *Process) Stop(grace time.Duration, hard bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.done {
 		return nil
 	}
-	if p.running() {
+	if p.Running() {
 		p.signaled = true
 		sig := syscall.SIGTERM
 		if hard {
@@ -104,7 +115,7 @@ func (p *process) stop(grace time.Duration, hard bool) error {
 		errs = append(errs, sweepErr)
 	}
 	if p.waitErr != nil && !p.signaled {
-		errs = append(errs, fmt.Errorf("exited on its own: %w", p.waitErr))
+		errs = append(errs, fmt.Errorf("%w: %w", ErrExitedOnItsOwn, p.waitErr))
 	}
 	return errors.Join(errs...)
 }
@@ -115,7 +126,7 @@ func (p *process) stop(grace time.Duration, hard bool) error {
 // signal children still initialising (one forked for a connection that
 // came just before) and waits 5 s for them, and it gives its log process
 // a second to drain after the others are gone. SIGKILL when grace is over.
-func (p *process) awaitExit(grace time.Duration) {
+func (p *Process) awaitExit(grace time.Duration) {
 	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
 	nudge := time.NewTimer(min(250*time.Millisecond, grace/2))
@@ -139,7 +150,7 @@ func (p *process) awaitExit(grace time.Duration) {
 func killGroup(pgid int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		live := groupMembers(pgid)
+		live := GroupMembers(pgid)
 		if len(live) == 0 {
 			return nil
 		}
@@ -153,31 +164,31 @@ func killGroup(pgid int, timeout time.Duration) error {
 	}
 }
 
-// procStat is the part of /proc/PID/stat we use.
-type procStat struct {
+// ProcStat is the part of /proc/PID/stat we use.
+type ProcStat struct {
 	State      byte
 	PPID, PGRP int
 	StartTime  uint64 // clock ticks after boot: tells a reused PID apart
 }
 
-// readStat parses /proc/PID/stat.
-func readStat(pid int) (procStat, error) {
+// ReadStat parses /proc/PID/stat.
+func ReadStat(pid int) (ProcStat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return procStat{}, err
+		return ProcStat{}, err
 	}
 	// "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
 	// majflt cmajflt utime stime cutime cstime priority nice threads
 	// itrealvalue starttime ..."; comm may hold spaces and parentheses.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return ProcStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := bytes.Fields(b[i+2:])
 	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return ProcStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
-	var s procStat
+	var s ProcStat
 	s.State = f[0][0]
 	s.PPID, _ = strconv.Atoi(string(f[1]))
 	s.PGRP, _ = strconv.Atoi(string(f[2]))
@@ -186,7 +197,7 @@ func readStat(pid int) (procStat, error) {
 }
 
 // allProcs calls fn for every process in /proc.
-func allProcs(fn func(pid int, s procStat)) {
+func allProcs(fn func(pid int, s ProcStat)) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return
@@ -196,16 +207,16 @@ func allProcs(fn func(pid int, s procStat)) {
 		if err != nil {
 			continue
 		}
-		if s, err := readStat(pid); err == nil {
+		if s, err := ReadStat(pid); err == nil {
 			fn(pid, s)
 		}
 	}
 }
 
-// groupMembers lists the live (non-zombie) processes of group pgid.
-func groupMembers(pgid int) []int {
+// GroupMembers lists the live (non-zombie) processes of group pgid.
+func GroupMembers(pgid int) []int {
 	var pids []int
-	allProcs(func(pid int, s procStat) {
+	allProcs(func(pid int, s ProcStat) {
 		if s.PGRP == pgid && s.State != 'Z' && s.State != 'X' {
 			pids = append(pids, pid)
 		}

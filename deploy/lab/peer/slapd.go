@@ -108,7 +108,7 @@ type Slapd struct {
 	Config    string       // path of slapd.conf
 
 	mu      sync.Mutex // serialises Start, Stop, Kill
-	proc    *process
+	proc    *Process
 	own     atomic.Int64 // searches this helper made since the last start (probes, monitor reads)
 	logPath string
 	bin     string
@@ -150,7 +150,7 @@ func (s *Slapd) Log() string {
 func (s *Slapd) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.proc != nil && s.proc.running()
+	return s.proc != nil && s.proc.Running()
 }
 
 // StartSlapd writes a private configuration under o.Dir, starts
@@ -163,12 +163,9 @@ func StartSlapd(ctx context.Context, o SlapdOptions) (*Slapd, error) {
 	if err := fillSlapdDefaults(&o); err != nil {
 		return nil, err
 	}
-	bin, err := exec.LookPath("slapd")
+	bin, err := Binary("slapd")
 	if err != nil {
-		bin = "/usr/sbin/slapd" // not in a non-root PATH
-		if _, serr := os.Stat(bin); serr != nil {
-			return nil, errors.New("peer: slapd is not installed (run deploy/install-deps.sh)")
-		}
+		return nil, err
 	}
 	s := &Slapd{Opts: o, Config: filepath.Join(o.Dir, "slapd.conf"), logPath: filepath.Join(o.Dir, "slapd.log"), bin: bin}
 	if err := s.prepareDir(); err != nil {
@@ -391,11 +388,11 @@ func (s *Slapd) config() string {
 func (s *Slapd) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil && s.proc.running() {
+	if s.proc != nil && s.proc.Running() {
 		return fmt.Errorf("peer: slapd (pid %d) is already running", s.PID)
 	}
 	if s.proc != nil {
-		_ = s.proc.stop(0, true) // exited on its own: reap it
+		_ = s.proc.Stop(0, true) // exited on its own: reap it
 	}
 	logf, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -406,14 +403,14 @@ func (s *Slapd) Start(ctx context.Context) error {
 	cmd := s.Opts.Command(s.bin, "-d", s.Opts.LogLevel, "-f", s.Config, "-h", urls)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
-	p, err := startProcess(cmd)
+	p, err := StartProcess(cmd)
 	if err != nil {
 		return fmt.Errorf("peer: start %s: %w", s.bin, err)
 	}
 	s.proc, s.PID = p, p.pid
 	s.own.Store(0)
 	if err := s.waitReady(ctx); err != nil {
-		if serr := p.stop(5*time.Second, false); serr != nil && p.signaled {
+		if serr := p.Stop(5*time.Second, false); serr != nil && p.signaled {
 			err = errors.Join(err, serr)
 		}
 		return fmt.Errorf("peer: slapd: %w\n--- log %s ---\n%s", err, s.logPath, tail(s.Log(), 30))
@@ -436,7 +433,7 @@ func (s *Slapd) halt(hard bool) error {
 	if s.proc == nil {
 		return nil
 	}
-	if err := s.proc.stop(5*time.Second, hard); err != nil {
+	if err := s.proc.Stop(5*time.Second, hard); err != nil {
 		return fmt.Errorf("peer: slapd (pid %d): %w", s.PID, err)
 	}
 	return nil
@@ -459,7 +456,7 @@ func (s *Slapd) poll(ctx context.Context, probe func(context.Context) error) err
 	p := s.proc
 	backoff := 5 * time.Millisecond
 	for {
-		if !p.running() {
+		if !p.Running() {
 			return errors.New("slapd exited during startup")
 		}
 		// The probe ends when slapd exits: what answers may be whoever

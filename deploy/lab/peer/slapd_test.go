@@ -20,20 +20,9 @@ import (
 	"github.com/atoll-lb/atoll/userspace/netns"
 )
 
-func requireSlapd(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("slapd"); err == nil {
-		return
-	}
-	if _, err := os.Stat("/usr/sbin/slapd"); err == nil {
-		return
-	}
-	t.Skip("SKIP: slapd is not installed; run deploy/install-deps.sh (as root)")
-}
-
 func startSlapd(t *testing.T, o SlapdOptions) *Slapd {
 	t.Helper()
-	requireSlapd(t)
+	Require(t, "slapd")
 	s, err := StartSlapd(testCtx(t, 20*time.Second), o)
 	if err != nil {
 		t.Fatal(err)
@@ -234,15 +223,15 @@ func TestSlapdStopStartKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireGone(t, procs)
-	if live := groupMembers(pid); len(live) > 0 {
+	if live := GroupMembers(pid); len(live) > 0 {
 		t.Fatalf("processes %v of slapd's group survive", live)
 	}
 }
 
 func TestSlapdIPv6(t *testing.T) {
-	requireSlapd(t)
+	Require(t, "slapd")
 	if l, err := net.Listen("tcp", "[::1]:0"); err != nil {
-		t.Skipf("SKIP: no IPv6 loopback: %v", err)
+		t.Fatalf("no IPv6 loopback (::1): %v", err)
 	} else {
 		l.Close()
 	}
@@ -293,7 +282,7 @@ func TestSlapdOptionErrors(t *testing.T) {
 }
 
 func TestSlapdStartFailureLeavesNothing(t *testing.T) {
-	requireSlapd(t)
+	Require(t, "slapd")
 	// The port is taken by someone else: slapd exits, and we say why.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -315,7 +304,7 @@ func TestSlapdStartFailureLeavesNothing(t *testing.T) {
 }
 
 func TestSlapdInNamespace(t *testing.T) {
-	requireSlapd(t)
+	Require(t, "slapd")
 	if os.Geteuid() != 0 {
 		t.Skip("SKIP: network namespaces need root")
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atoll-lb/atoll/deploy/lab/peer"
 	"github.com/atoll-lb/atoll/deploy/lab/reference"
 )
 
@@ -66,13 +67,7 @@ func startHA(t *testing.T, ha reference.HA) *reference.Env {
 	if os.Geteuid() != 0 {
 		t.Skip("SKIPPED: needs root (network namespaces, BPF, Dovecot, Postfix, keepalived); run `make test` as root")
 	}
-	for _, bin := range []string{"keepalived", "bird", "slapd", "dovecot", "postfix", "curl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if _, serr := os.Stat("/usr/sbin/" + bin); serr != nil {
-				t.Fatalf("%s is not installed: run deploy/install-deps.sh", bin)
-			}
-		}
-	}
+	peer.Require(t, "keepalived", "bird", "slapd", "dovecot", "postfix", "curl")
 	dir := t.TempDir()
 	var logb syncBuf
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -9,14 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atoll-lb/atoll/deploy/lab/peer"
 	"github.com/atoll-lb/atoll/userspace/proxy"
 )
 
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
+	p, err := peer.Binary(name)
 	if err != nil {
-		t.Skipf("SKIP: %s is not installed", name)
+		t.Fatal(err)
 	}
 	return p
 }

@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -473,17 +472,6 @@ func plain(authz, user, pass string) string {
 
 // ---- Dovecot ----
 
-func requireDovecot(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("dovecot"); err == nil {
-		return
-	}
-	if _, err := os.Stat("/usr/sbin/dovecot"); err == nil {
-		return
-	}
-	t.Skip("SKIP: dovecot is not installed; run deploy/install-deps.sh (as root)")
-}
-
 // Users of every test Dovecot. Passwords exercise the string forms.
 var dovecotUsers = map[string]string{
 	"alice": "alice-pw",
@@ -505,7 +493,7 @@ var dovecotUsers = map[string]string{
 
 func startDovecot(t *testing.T, dir, name string) *peer.Dovecot {
 	t.Helper()
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d, err := peer.StartDovecot(ctx, peer.DovecotOptions{Dir: dir, Name: name, Users: dovecotUsers, TLS: true})
@@ -525,7 +513,7 @@ var (
 // TestMain). Tests use distinct users where mailbox contents matter.
 func sharedDovecot(t *testing.T) *peer.Dovecot {
 	t.Helper()
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	if shared == nil {

@@ -293,7 +293,7 @@ func loggedInto(t *testing.T, e *env, user, pass string) string {
 // marked unhealthy it is not even dialled.
 func TestTwoNodes(t *testing.T) {
 	t.Parallel()
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	n1 := startDovecot(t, t.TempDir(), "node1")
 	t.Cleanup(func() { n1.Stop() })
 	n2 := startDovecot(t, t.TempDir(), "node2")
@@ -627,7 +627,7 @@ func TestProxyProtocol(t *testing.T) {
 // what the proxy passed on.
 func TestClientAddressDovecot(t *testing.T) {
 	t.Parallel()
-	requireDovecot(t)
+	peer.Require(t, "dovecot")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

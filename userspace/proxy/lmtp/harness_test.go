@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -88,15 +87,6 @@ func stopLab() {
 	}
 }
 
-func needDovecot(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("dovecot"); err != nil {
-		if _, err := os.Stat("/usr/sbin/dovecot"); err != nil {
-			t.Skip("SKIP: dovecot is not installed; run deploy/install-deps.sh (as root)")
-		}
-	}
-}
-
 // dovecotOpts are the options of every node here: LMTP (with XCLIENT for
 // loopback clients, i.e. atoll), IMAP to read the mail back, TLS for
 // STARTTLS toward the node.
@@ -125,7 +115,7 @@ func startDovecot(t *testing.T, o peer.DovecotOptions) *peer.Dovecot {
 // getLab starts node-a and node-b once.
 func getLab(t *testing.T) *lab {
 	t.Helper()
-	needDovecot(t)
+	peer.Require(t, "dovecot")
 	labOnce.Do(func() {
 		labDir, labErr = os.MkdirTemp("", "atoll-lmtp-")
 		if labErr != nil {

@@ -34,13 +34,6 @@ func swaksFile(t *testing.T, msg string) string {
 	return file
 }
 
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("SKIP: %s is not installed; run deploy/install-deps.sh (as root)", name)
-	}
-}
-
 func marker(t *testing.T) string {
 	return fmt.Sprintf("m%d-%s", time.Now().UnixNano(), strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 }
@@ -71,7 +64,7 @@ func checkDelivered(t *testing.T, l *lab, msg, mark string, rcpts ...string) map
 // are the nodes' own. The client connects from 127.0.0.2 and the node
 // records that address and the client's LHLO name (XCLIENT), not atoll's.
 func TestSwaks(t *testing.T) {
-	needTool(t, "swaks")
+	peer.Require(t, "swaks")
 	l := getLab(t)
 	e := newEnv(t, envOpts{}).withLab(l)
 	mark := marker(t)
@@ -155,7 +148,7 @@ type pyResult struct {
 
 func runPython(t *testing.T, e *env, msg string, rcpts ...string) pyResult {
 	t.Helper()
-	needTool(t, "python3")
+	peer.Require(t, "python3")
 	file := filepath.Join(t.TempDir(), "msg.eml")
 	if err := os.WriteFile(file, []byte(msg), 0o644); err != nil {
 		t.Fatal(err)
@@ -483,9 +476,9 @@ func TestPipelining(t *testing.T) {
 // TestSwaksPipelineTLS: swaks with STARTTLS (verifying the router's
 // certificate) and PIPELINING.
 func TestSwaksPipelineTLS(t *testing.T) {
-	needTool(t, "swaks")
+	peer.Require(t, "swaks")
 	if out, _ := exec.Command("swaks", "--support").CombinedOutput(); !strings.Contains(string(out), "TLS supported") {
-		t.Skip("SKIP: swaks without TLS support (libnet-ssleay-perl); run deploy/install-deps.sh")
+		t.Fatal("swaks without TLS support (libnet-ssleay-perl): run deploy/install-deps.sh")
 	}
 	l := getLab(t)
 	e := newEnv(t, envOpts{}).withLab(l)

@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -80,15 +79,10 @@ func stopLab() {
 	}
 }
 
-// getLab starts the two Dovecot nodes once; tests that need them skip
-// when Dovecot is not installed.
+// getLab starts the two Dovecot nodes once.
 func getLab(t *testing.T) *lab {
 	t.Helper()
-	if _, err := exec.LookPath("dovecot"); err != nil {
-		if _, err := os.Stat("/usr/sbin/dovecot"); err != nil {
-			t.Skip("SKIP: dovecot is not installed; run deploy/install-deps.sh (as root)")
-		}
-	}
+	peer.Require(t, "dovecot")
 	labOnce.Do(func() {
 		labDir, labErr = os.MkdirTemp("", "atoll-pop3-")
 		if labErr != nil {

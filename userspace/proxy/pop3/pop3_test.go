@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atoll-lb/atoll/deploy/lab/peer"
 	"github.com/atoll-lb/atoll/userspace/directory"
 	"github.com/atoll-lb/atoll/userspace/proxy"
 )
@@ -264,9 +265,9 @@ func TestLoginRelay(t *testing.T) {
 // TestPoplib (2): Python's poplib — user/pass_, AUTH PLAIN as a raw
 // command, stls() — against the proxy.
 func TestPoplib(t *testing.T) {
-	py, err := exec.LookPath("python3")
+	py, err := peer.Binary("python3")
 	if err != nil {
-		t.Skip("SKIP: python3 is not installed")
+		t.Fatal(err)
 	}
 	l := getLab(t)
 	e := newEnv(t, envOpts{}).withLab(l)
@@ -345,9 +346,9 @@ p.quit()
 // (implicit TLS) and pop3:// --ssl-reqd (STLS); the message equals what
 // curl fetches from the node directly.
 func TestCurl(t *testing.T) {
-	curl, err := exec.LookPath("curl")
+	curl, err := peer.Binary("curl")
 	if err != nil {
-		t.Skip("SKIP: curl is not installed")
+		t.Fatal(err)
 	}
 	l := getLab(t)
 	e := newEnv(t, envOpts{}).withLab(l)
