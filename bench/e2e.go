@@ -315,9 +315,8 @@ func (e *e2eEnv) setup() error {
 	if e.dir, err = os.MkdirTemp("", "atoll-bench-e2e-"); err != nil {
 		return err
 	}
-	e.bin = filepath.Join(e.dir, "atoll")
-	if out, err := exec.Command("go", "build", "-o", e.bin, "github.com/atoll-lb/atoll/cmd/atoll").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/atoll: %w\n%s", err, out)
+	if e.bin, err = lab.BuildAtoll(e.dir); err != nil {
+		return err
 	}
 	if e.lab, err = lab.New(lab.Config{Prefix: "atl-bn", Islands: 1, Nodes: 2, NoBalancer: true}); err != nil {
 		return err
@@ -397,8 +396,8 @@ func (e *e2eEnv) setup() error {
 	at := func(a netip.Addr, src netip.Addr) target {
 		return target{addrs: []netip.AddrPort{netip.AddrPortFrom(a, imapPort)}, src: src, nsPath: client}
 	}
-	atollPG := func() int { return e.atoll.pid() }
-	group := func(name string) func() int { return func() int { return e.others[name].pid() } }
+	atollPG := func() int { return e.atoll.PID() }
+	group := func(name string) func() int { return func() int { return e.others[name].PID() } }
 	e.cs = []*contender{
 		{key: "direct", name: "direct to the nodes", t: target{addrs: nodeAddrs, src: e2eOther, nsPath: client}},
 		{key: "xdp-l2dsr", name: "atoll XDP l2dsr", t: at(e2eVIPDSR, e2eOther), pgid: atollPG, memory: true},
@@ -496,7 +495,7 @@ func (e *e2eEnv) startAtoll() error {
 		return err
 	}
 	lim := unix.Rlimit{Cur: proxyNoFile, Max: proxyNoFile}
-	unix.Prlimit(e.atoll.pid(), unix.RLIMIT_NOFILE, &lim, nil) // best effort: it inherits ours
+	unix.Prlimit(e.atoll.PID(), unix.RLIMIT_NOFILE, &lim, nil) // best effort: it inherits ours
 	if err := e.waitHealthy(30 * time.Second); err != nil {
 		return err
 	}
@@ -524,7 +523,7 @@ func (e *e2eEnv) waitHealthy(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	var last string
 	for {
-		if !e.atoll.running() {
+		if !e.atoll.Running() {
 			return fmt.Errorf("atoll exited:\n%s", e.atoll.logTail())
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -251,20 +251,7 @@ func deliverLMTP(addr, rcpt string, size int) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	r := bufio.NewReader(c)
-	reply := func(want string) error {
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return err
-			}
-			if !strings.HasPrefix(l, want) {
-				return fmt.Errorf("LMTP: %q (want %s)", strings.TrimSpace(l), want)
-			}
-			if len(l) < 4 || l[3] != '-' {
-				return nil
-			}
-		}
-	}
+	reply := func(want string) error { return lmtpReply(r, want) }
 	if err := reply("220"); err != nil {
 		return err
 	}
@@ -462,11 +449,9 @@ func (f *fakeNode) serve(c net.Conn) {
 
 // atollProc is a running `atoll run` child.
 type atollProc struct {
-	cmd     *exec.Cmd
+	*childProc
 	socket  string
 	metrics string // host:port of its Prometheus endpoint
-	logPath string
-	exited  chan struct{}
 }
 
 // atollConfig is a proxy-only config: the static directory maps every
@@ -506,27 +491,14 @@ services:
 // waits until its metrics answer and the proxy's health checks of the
 // node have passed `rise` (2) times.
 func startAtoll(bin, dir, name, cfg, socket string, metrics netip.AddrPort, nofile uint64) (*atollProc, error) {
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
+	cp, err := startChild(name, exec.Command(bin, "run", "-c", cfg), filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "run", "-c", cfg)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
-	logf.Close()
-	if err != nil {
-		return nil, err
-	}
-	a := &atollProc{cmd: cmd, socket: socket, metrics: metrics.String(), logPath: logPath, exited: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(a.exited)
-	}()
+	a := &atollProc{childProc: cp, socket: socket, metrics: metrics.String()}
 	// Go raises its soft limit to the hard one at start; set both anyway.
 	lim := unix.Rlimit{Cur: nofile, Max: nofile}
-	if err := unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+	if err := unix.Prlimit(a.PID(), unix.RLIMIT_NOFILE, &lim, nil); err != nil {
 		a.stop()
 		return nil, fmt.Errorf("prlimit nofile on atoll: %w", err)
 	}
@@ -544,7 +516,7 @@ func startAtoll(bin, dir, name, cfg, socket string, metrics netip.AddrPort, nofi
 			}
 		}
 		select {
-		case <-a.exited:
+		case <-a.Exited():
 			return nil, fmt.Errorf("atoll exited during startup:\n%s", a.logTail())
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -555,13 +527,6 @@ func startAtoll(bin, dir, name, cfg, socket string, metrics netip.AddrPort, nofi
 	}
 }
 
-func (a *atollProc) pid() int { return a.cmd.Process.Pid }
-
-func (a *atollProc) logTail() string {
-	b, _ := os.ReadFile(a.logPath)
-	return tail(string(b), 20)
-}
-
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
@@ -570,22 +535,8 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// stop sends SIGTERM to the child (by its PID), SIGKILL after 15 s, and
-// reaps it. Idempotent.
-func (a *atollProc) stop() {
-	select {
-	case <-a.exited:
-		return
-	default:
-	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.exited
-	}
-}
+// stop ends atoll: SIGTERM, SIGKILL after 15 s. Idempotent.
+func (a *atollProc) stop() { a.childProc.stop(15 * time.Second) }
 
 var scrapeClient = &http.Client{Timeout: 5 * time.Second}
 

@@ -13,49 +13,33 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/atoll-lb/atoll/deploy/lab/peer"
 )
 
-// childProc is a started child, leader of its process group.
+// childProc is a started child: a peer.Process (leader of its own
+// process group, killed with us, reaped only once its group is gone) with
+// a name and a log file.
 type childProc struct {
 	name    string
-	cmd     *exec.Cmd
 	logPath string
-	exited  chan struct{}
+	*peer.Process
 }
 
-// startChild starts cmd in a new process group (killed with us), its
-// output to logPath.
+// startChild starts cmd in a new process group, its output to logPath.
 func startChild(name string, cmd *exec.Cmd, logPath string) (*childProc, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
+	p, err := peer.StartProcess(cmd)
 	logf.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &childProc{name: name, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-func (p *childProc) pid() int { return p.cmd.Process.Pid }
-
-func (p *childProc) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
+	return &childProc{name: name, logPath: logPath, Process: p}, nil
 }
 
 func (p *childProc) logTail() string {
@@ -63,28 +47,10 @@ func (p *childProc) logTail() string {
 	return tail(string(b), 20)
 }
 
-// stop sends SIGTERM to the leader (by its PID), waits up to grace, then
-// SIGKILLs what is left of its process group (by its PGID) and reaps the
-// leader. Idempotent.
-func (p *childProc) stop(grace time.Duration) {
-	pgid := p.pid()
-	if p.running() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(grace):
-		}
-	}
-	if len(groupMembers(pgid)) > 0 {
-		syscall.Kill(-pgid, syscall.SIGKILL)
-	}
-	<-p.exited
-	// Children the leader did not reap are reaped by init; wait until
-	// they are gone so their sockets and memory are too (bounded).
-	for deadline := time.Now().Add(5 * time.Second); len(groupMembers(pgid)) > 0 && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// stop sends SIGTERM, waits up to grace, then SIGKILLs what is left of
+// the group and reaps the leader once the group is gone. Idempotent. How
+// the child ended does not matter to a measurement.
+func (p *childProc) stop(grace time.Duration) { _ = p.Stop(grace, false) }
 
 // statFields are the fields of /proc/PID/stat after the command name
 // (field 3 onwards, so index 0 is field 3).
@@ -100,26 +66,6 @@ func statFields(pid int) ([]string, error) {
 	return strings.Fields(string(b[i+1:])), nil
 }
 
-// groupMembers lists the live processes of process group pgid.
-func groupMembers(pgid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := statFields(pid)
-		if err != nil || len(f) < 3 {
-			continue
-		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid && f[0] != "Z" {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
 const clockTicks = 100
 
@@ -130,7 +76,7 @@ const clockTicks = 100
 // and were reaped in between (a forking server's sessions).
 func groupCPU(pgid int) float64 {
 	var ticks int64
-	for _, pid := range groupMembers(pgid) {
+	for _, pid := range peer.GroupMembers(pgid) {
 		f, err := statFields(pid)
 		if err != nil || len(f) < 15 {
 			continue
@@ -154,7 +100,7 @@ type groupMem struct {
 
 func readGroupMem(pgid int) groupMem {
 	var m groupMem
-	for _, pid := range groupMembers(pgid) {
+	for _, pid := range peer.GroupMembers(pgid) {
 		pm, err := readProcMem(pid)
 		if err != nil {
 			continue

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/atoll-lb/atoll/deploy/lab"
 	"github.com/atoll-lb/atoll/deploy/lab/peer"
 )
 
@@ -163,9 +164,9 @@ func runProxy(quick bool, runs int, progress func(string)) (*ProxyResult, error)
 	defer os.RemoveAll(tmp)
 
 	progress("proxy: building atoll")
-	bin := filepath.Join(tmp, "atoll")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/atoll-lb/atoll/cmd/atoll").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/atoll: %w\n%s", err, out)
+	bin, err := lab.BuildAtoll(tmp)
+	if err != nil {
+		return nil, err
 	}
 	res := &ProxyResult{Setup: ProxySetup{
 		Proxy: "`atoll run` built from this tree, `dataplane: {mode: none}`, static directory (`* a`), one island of one node, " +
@@ -424,7 +425,7 @@ func memoryRun(p proxyParams, bin, tmp, name string) (MemoryRun, error) {
 		return r, fmt.Errorf("warm-up logins: %v", l.firstErr)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if r.Before, err = readProcMem(a.pid()); err != nil {
+	if r.Before, err = readProcMem(a.PID()); err != nil {
 		return r, err
 	}
 
@@ -486,7 +487,7 @@ func memoryRun(p proxyParams, bin, tmp, name string) (MemoryRun, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second)
-	if r.After, err = readProcMem(a.pid()); err != nil {
+	if r.After, err = readProcMem(a.PID()); err != nil {
 		return r, err
 	}
 	for i, s := range sessions {

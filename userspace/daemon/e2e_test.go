@@ -34,10 +34,8 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		atollBin = filepath.Join(dir, "atoll")
-		out, err := exec.Command("go", "build", "-o", atollBin, "github.com/atoll-lb/atoll/cmd/atoll").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build atoll: %v\n%s", err, out)
+		if atollBin, err = lab.BuildAtoll(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return m.Run()

@@ -106,7 +106,7 @@ func (e *Env) startBird(name string, ns *netns.NS, dir string, tmpl *template.Te
 		return "", "", err
 	}
 	e.onClose(func() error { return p.stop(syscall.SIGTERM, 5*time.Second) })
-	return sock, logPath, e.recordGroup("bird "+name, p.pid)
+	return sock, logPath, e.recordGroup("bird "+name, p.PID())
 }
 
 func (e *Env) startBGP(ctx context.Context) error {

@@ -569,7 +569,7 @@ func (e *Env) StartAtoll(lb *LB) error {
 	}
 	lb.atoll = p
 	e.onClose(func() error { return p.stop(syscall.SIGTERM, 10*time.Second) })
-	return e.recordGroup("atoll "+lb.Name, p.pid)
+	return e.recordGroup("atoll "+lb.Name, p.PID())
 }
 
 // KillAtoll is a crash of the daemon: SIGKILL (the pinned data plane keeps
@@ -627,7 +627,7 @@ func (lb *LB) WaitStatus(ctx context.Context, what string, ok func(api.Status) b
 		if err != nil {
 			last = err
 		}
-		if lb.atoll != nil && !lb.atoll.running() {
+		if lb.atoll != nil && !lb.atoll.Running() {
 			return fmt.Errorf("reference: atoll on %s exited (see %s)", lb.Name, lb.Log)
 		}
 		select {
@@ -765,7 +765,7 @@ func (e *Env) StartVRRP(lb *LB) error {
 	}
 	lb.vrrp = p
 	e.onClose(func() error { return p.stop(syscall.SIGTERM, 5*time.Second) })
-	return e.recordGroup("keepalived "+lb.Name, p.pid)
+	return e.recordGroup("keepalived "+lb.Name, p.PID())
 }
 
 // StopVRRP stops keepalived on an LB host (it releases the VIPs).

@@ -85,18 +85,14 @@ func Cleanup(path, atoll string, w io.Writer) error {
 	}
 	var errs []error
 	if st.PID > 0 && st.PID != os.Getpid() {
-		if s, err := readStat(st.PID); err == nil && s.startTime == st.StartTime && s.state != 'Z' && s.state != 'X' {
+		if alive(st.PID, st.StartTime) {
 			fmt.Fprintf(w, "stopping the running lab (pid %d) ...\n", st.PID)
 			_ = unix.Kill(st.PID, unix.SIGTERM)
 			deadline := time.Now().Add(60 * time.Second)
-			alive := func() bool {
-				s, err := readStat(st.PID)
-				return err == nil && s.startTime == st.StartTime && s.state != 'Z' && s.state != 'X'
-			}
-			for alive() && time.Now().Before(deadline) {
+			for alive(st.PID, st.StartTime) && time.Now().Before(deadline) {
 				time.Sleep(100 * time.Millisecond)
 			}
-			if alive() {
+			if alive(st.PID, st.StartTime) {
 				fmt.Fprintf(w, "the lab (pid %d) did not stop: SIGKILL\n", st.PID)
 				_ = unix.Kill(st.PID, unix.SIGKILL)
 			} else if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
@@ -117,7 +113,7 @@ func Cleanup(path, atoll string, w io.Writer) error {
 			break
 		}
 		for range 50 {
-			live := groupMembers(g.PGID, inodes)
+			live := groupMembersIn(g.PGID, inodes)
 			if len(live) == 0 {
 				break
 			}

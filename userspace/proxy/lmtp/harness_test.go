@@ -709,8 +709,9 @@ func fakeLMTP(after func(c net.Conn, rcpts []string)) func(c net.Conn, r *bufio.
 }
 
 // fakeReplies replace the fake node's answers to MAIL and DATA ("" for
-// the usual 250 / 354).
-type fakeReplies struct{ mail, data string }
+// the usual 250 / 354), and to RCPT until the first RSET ("" for 250; a
+// refused recipient is not kept).
+type fakeReplies struct{ mail, data, rcpt string }
 
 func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c net.Conn, r *bufio.Reader, f *fakeNode) {
 	if fr.mail == "" {
@@ -722,6 +723,7 @@ func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c
 	return func(c net.Conn, r *bufio.Reader, f *fakeNode) {
 		io.WriteString(c, "220 fake LMTP\r\n")
 		var rcpts []string
+		refuse := fr.rcpt != ""
 		for {
 			l, ok := f.read(r)
 			if !ok {
@@ -735,6 +737,10 @@ func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c
 				rcpts = nil
 				io.WriteString(c, fr.mail+"\r\n")
 			case "RCPT":
+				if refuse {
+					io.WriteString(c, fr.rcpt+"\r\n")
+					continue
+				}
 				rcpts = append(rcpts, strings.Trim(strings.TrimPrefix(arg, "TO:"), "<>"))
 				io.WriteString(c, "250 2.1.5 OK\r\n")
 			case "DATA":
@@ -753,7 +759,7 @@ func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c
 				}
 				after(c, rcpts)
 			case "RSET":
-				rcpts = nil
+				refuse, rcpts = false, nil
 				io.WriteString(c, "250 2.0.0 OK\r\n")
 			case "QUIT":
 				io.WriteString(c, "221 2.0.0 bye\r\n")

@@ -821,66 +821,25 @@ func TestNodeConnectionKept(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	var conns, txs atomic.Int32
 	var refused atomic.Bool
-	lmtp := fakeLMTP(func(c net.Conn, rcpts []string) {
+	saved := func(c net.Conn, rcpts []string) {
 		for _, r := range rcpts {
 			fmt.Fprintf(c, "250 2.0.0 <%s> saved\r\n", r)
 		}
+	}
+	kept := fakeLMTP(func(c net.Conn, rcpts []string) {
+		saved(c, rcpts)
 		if txs.Add(1) == 3 {
 			c.Close() // the node ends the idle connection
 		}
 	})
+	refusing := fakeLMTPWith(fakeReplies{rcpt: "550 5.1.1 no such user"}, saved)
 	f := newFakeNode(t, func(c net.Conn, r *bufio.Reader, f *fakeNode) {
 		conns.Add(1)
-		if !refused.Load() {
-			lmtp(c, r, f)
+		if refused.CompareAndSwap(true, false) {
+			refusing(c, r, f) // every recipient until RSET
 			return
 		}
-		// Refuses every recipient until RSET.
-		refused.Store(false)
-		refuse := true
-		var rcpts []string
-		io.WriteString(c, "220 fake LMTP\r\n")
-		for {
-			l, ok := f.read(r)
-			if !ok {
-				return
-			}
-			verb, arg, _ := strings.Cut(l, " ")
-			switch strings.ToUpper(verb) {
-			case "LHLO":
-				io.WriteString(c, "250-fake\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 PIPELINING\r\n")
-			case "MAIL":
-				rcpts = nil
-				io.WriteString(c, "250 2.1.0 OK\r\n")
-			case "RCPT":
-				if refuse {
-					io.WriteString(c, "550 5.1.1 no such user\r\n")
-					continue
-				}
-				rcpts = append(rcpts, strings.Trim(strings.TrimPrefix(arg, "TO:"), "<>"))
-				io.WriteString(c, "250 2.1.5 OK\r\n")
-			case "RSET":
-				refuse, rcpts = false, nil
-				io.WriteString(c, "250 2.0.0 OK\r\n")
-			case "DATA":
-				io.WriteString(c, "354 go\r\n")
-				for {
-					if dl, ok := f.read(r); !ok {
-						return
-					} else if dl == "." {
-						break
-					}
-				}
-				for _, rc := range rcpts {
-					fmt.Fprintf(c, "250 2.0.0 <%s> saved\r\n", rc)
-				}
-			case "QUIT":
-				io.WriteString(c, "221 2.0.0 bye\r\n")
-				return
-			default:
-				io.WriteString(c, "500 5.5.2 what\r\n")
-			}
-		}
+		kept(c, r, f)
 	})
 	e.nodes.setIsland("k", proxy.IslandSettings{}, proxy.NodeInfo{Name: "fake-k", Addr: f.addr(), Healthy: true})
 	for _, u := range []string{"u1@k.test", "u2@k.test"} {
