@@ -79,8 +79,7 @@ func main() {
 		}
 	}
 	handleSignals()
-	remote = rf
-	if err := run(*out, uint32(*repeat), *runs, *quick, want); err != nil {
+	if err := run(*out, uint32(*repeat), *runs, *quick, want, rf); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -92,9 +91,6 @@ func sectionFailed(rep *Report, name string, err error) {
 	fmt.Fprintf(os.Stderr, "bench: %s: %v\n", name, err)
 	rep.Failed = append(rep.Failed, name+": "+err.Error())
 }
-
-// remote holds the remote section's flags.
-var remote remoteFlags
 
 // allSections are the parts of the suite, in the order they run; the
 // remote section runs only when asked for.
@@ -137,7 +133,7 @@ func handleSignals() {
 	}()
 }
 
-func run(outDir string, repeat uint32, runs int, quick bool, want map[string]bool) error {
+func run(outDir string, repeat uint32, runs int, quick bool, want map[string]bool, rf remoteFlags) error {
 	start := time.Now()
 	progress := newProgress()
 	rep := Report{Date: start.UTC().Format(time.RFC3339), Repeat: repeat, Runs: runs, CPUs: numCPU()}
@@ -181,7 +177,7 @@ func run(outDir string, repeat uint32, runs int, quick bool, want map[string]boo
 		}
 	}
 	if want["remote"] {
-		if rep.Remote, err = runRemote(remote, runs, progress); err != nil {
+		if rep.Remote, err = runRemote(rf, runs, progress); err != nil {
 			sectionFailed(&rep, "remote", err)
 		}
 	}
