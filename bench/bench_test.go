@@ -21,7 +21,7 @@ func TestSuiteSmoke(t *testing.T) {
 		t.Skip("SKIPPED: BPF_PROG_RUN needs root; run `make test` as root")
 	}
 	dir := t.TempDir()
-	if err := run(dir, 1000, 1, true, map[string]bool{"xdp": true, "maglev": true}, remoteFlags{}); err != nil {
+	if err := run(dir, 1000, 1, true, map[string]bool{"xdp": true, "maglev": true}, "", remoteFlags{}); err != nil {
 		t.Fatal(err)
 	}
 	js, err := filepath.Glob(filepath.Join(dir, "*.json"))

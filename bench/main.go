@@ -44,6 +44,7 @@ func main() {
 	quick := flag.Bool("quick", false, "fewer repeats, runs and seconds per figure, no loopback proxy section (under five minutes)")
 	repeat := flag.Uint("repeat", 2_000_000, "BPF_PROG_RUN repeat count per measurement")
 	runs := flag.Int("runs", 7, "measurements per figure (the median is reported)")
+	paths := flag.String("paths", "", "xdp section: measure only the paths whose name contains this")
 	only := flag.String("sections", strings.Join(allSections, ","), "comma-separated sections to run (remote: only when asked, or with -vip)")
 	var rf remoteFlags
 	flag.Var(addrList{&rf.vips}, "vip", "remote section: a deployment's VIP to log in through, ADDR:PORT (repeat)")
@@ -79,7 +80,7 @@ func main() {
 		}
 	}
 	handleSignals()
-	if err := run(*out, uint32(*repeat), *runs, *quick, want, rf); err != nil {
+	if err := run(*out, uint32(*repeat), *runs, *quick, want, *paths, rf); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -133,7 +134,7 @@ func handleSignals() {
 	}()
 }
 
-func run(outDir string, repeat uint32, runs int, quick bool, want map[string]bool, rf remoteFlags) error {
+func run(outDir string, repeat uint32, runs int, quick bool, want map[string]bool, paths string, rf remoteFlags) error {
 	start := time.Now()
 	progress := newProgress()
 	rep := Report{Date: start.UTC().Format(time.RFC3339), Repeat: repeat, Runs: runs, CPUs: numCPU()}
@@ -143,7 +144,7 @@ func run(outDir string, repeat uint32, runs int, quick bool, want map[string]boo
 	}
 	var err error
 	if want["xdp"] {
-		if rep.XDP, err = runXDP(repeat, runs, progress); err != nil {
+		if rep.XDP, err = runXDP(repeat, runs, paths, progress); err != nil {
 			return fmt.Errorf("xdp: %w", err)
 		}
 	}

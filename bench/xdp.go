@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -215,8 +216,9 @@ type XDPResult struct {
 var verdicts = map[uint32]string{0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
 // runXDP measures every path `runs` times, each run paired with a run of
-// the baseline program on the same frame, and reports medians.
-func runXDP(repeat uint32, runs int, progress func(string)) ([]XDPResult, error) {
+// the baseline program on the same frame, and reports medians. A non-empty
+// filter keeps only the paths whose name contains it.
+func runXDP(repeat uint32, runs int, filter string, progress func(string)) ([]XDPResult, error) {
 	env, set, err := newBenchEnv()
 	if err != nil {
 		return nil, err
@@ -226,6 +228,9 @@ func runXDP(repeat uint32, runs int, progress func(string)) ([]XDPResult, error)
 
 	var out []XDPResult
 	for _, p := range xdpPaths() {
+		if !strings.Contains(p.Name, filter) {
+			continue
+		}
 		prog := p.prog(set)
 		// Warm up: first packets create the flow and fill the next-hop cache.
 		if _, _, err := env.Run(prog, p.frame); err != nil {
