@@ -166,6 +166,11 @@ type BalancerSvcState struct {
 	Flags uint16
 }
 
+type BalancerVipBits struct {
+	_    structs.HostLayout
+	Bits [64]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -185,6 +190,7 @@ const (
 	BalancerMapServices     = "services"
 	BalancerMapStats        = "stats"
 	BalancerMapVipAddrs     = "vip_addrs"
+	BalancerMapVipFilter    = "vip_filter"
 	BalancerProgXdpBalancer = "xdp_balancer"
 	BalancerVarHashSeed     = "hash_seed"
 )
@@ -253,6 +259,7 @@ type BalancerMapSpecs struct {
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
 }
 
 // BalancerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -297,6 +304,7 @@ type BalancerMaps struct {
 	Services     *ebpf.Map `ebpf:"services"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
 }
 
 func (m *BalancerMaps) Close() error {
@@ -316,6 +324,7 @@ func (m *BalancerMaps) Close() error {
 		m.Services,
 		m.Stats,
 		m.VipAddrs,
+		m.VipFilter,
 	)
 }
 

@@ -166,6 +166,11 @@ type BenchSvcState struct {
 	Flags uint16
 }
 
+type BenchVipBits struct {
+	_    structs.HostLayout
+	Bits [64]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -186,6 +191,7 @@ const (
 	BenchMapServices      = "services"
 	BenchMapStats         = "stats"
 	BenchMapVipAddrs      = "vip_addrs"
+	BenchMapVipFilter     = "vip_filter"
 	BenchProgXdpBaseline  = "xdp_baseline"
 	BenchProgXdpBench     = "xdp_bench"
 	BenchVarBenchNewFlows = "bench_new_flows"
@@ -259,6 +265,7 @@ type BenchMapSpecs struct {
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -306,6 +313,7 @@ type BenchMaps struct {
 	Services     *ebpf.Map `ebpf:"services"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
 }
 
 func (m *BenchMaps) Close() error {
@@ -326,6 +334,7 @@ func (m *BenchMaps) Close() error {
 		m.Services,
 		m.Stats,
 		m.VipAddrs,
+		m.VipFilter,
 	)
 }
 

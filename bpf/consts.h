@@ -11,6 +11,10 @@
 #define MAX_RINGS (MAX_SERVICES * MAX_ISLANDS)
 #define MAX_BACKENDS 4096
 #define MAX_VIP_ADDRS (MAX_SERVICES * 2)
+/* The VIP filter: one bit per hash of a destination address, so traffic
+ * for other addresses passes after one array read (maps/vipfilter.go). */
+#define VIP_FILTER_LOG2 12
+#define VIP_FILTER_BITS (1 << VIP_FILTER_LOG2)
 
 /* Defaults the Go loader may override through the MapSpec. */
 #define CT_SIZE_DEFAULT 65536

@@ -284,6 +284,31 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 	return XDP_PASS;
 }
 
+/* vip_filter_bit hashes a destination address (flow_key layout: an IPv4
+ * address in the first word, the rest zero) to its VIP filter bit: the
+ * 32-bit fold of the address times a large odd constant, top bits. */
+static __always_inline __u32 vip_filter_bit(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	return ((w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u) >> (32 - VIP_FILTER_LOG2);
+}
+
+/* maybe_vip says whether the destination may be a VIP address, with one
+ * inlined array read instead of a services lookup: after a conntrack miss
+ * it lets the proxy's node-side replies, health-check answers and the
+ * host's own traffic pass without a second hash lookup. (Before conntrack
+ * it would also save the first, but cost every established flow ~2 ns.) */
+static __always_inline int maybe_vip(const struct packet *p)
+{
+	__u32 zero = 0, bit = vip_filter_bit(p->key.dst);
+	struct vip_bits *f = bpf_map_lookup_elem(&vip_filter, &zero);
+
+	if (!f)
+		return 1;
+	return (f->bits[(bit / 64) & (VIP_FILTER_BITS / 64 - 1)] >> (bit % 64)) & 1;
+}
+
 /* place steers a packet conntrack cannot: no entry, an entry from another
  * generation of its service, or one whose node is DOWN or gone. */
 static __always_inline int place(struct xdp_md *ctx, const struct packet *p, struct ct_entry *ct)
@@ -293,7 +318,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 	struct service *svc;
 	struct backend *be;
 
-	svc = lookup_service(p);
+	svc = maybe_vip(p) ? lookup_service(p) : NULL;
 	if (!svc) {
 		count(STAT_PASS_NON_VIP);
 		return XDP_PASS;

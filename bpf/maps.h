@@ -30,6 +30,14 @@ struct {
 	__type(value, __u32); /* services on this address */
 } vip_addrs SEC(".maps");
 
+/* Rebuilt from vip_addrs by the maps API after every change to it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_bits);
+} vip_filter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);

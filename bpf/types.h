@@ -65,6 +65,12 @@ struct flow_key {
 	__u16 pad;
 };
 
+/* vip_filter value (struct vip_bits): bit vip_filter_bit(a) is set for every VIP address a
+ * (and, by collision, for a few others, which then take the full path). */
+struct vip_bits {
+	__u64 bits[VIP_FILTER_BITS / 64];
+};
+
 /* conntrack4 key: an IPv4 flow in 16 bytes rather than flow_key's 40,
  * which makes the per-packet lookup of an established IPv4 flow about a
  * third cheaper (jhash over 4 words instead of 10). */

@@ -16,6 +16,8 @@ const (
 	MaxBackends = 4096
 	// MaxVIPAddrs is the size of the vip_addrs map.
 	MaxVIPAddrs = MaxServices * 2
+	// VIPFilterLog2 is log2 of the VIP filter's bits.
+	VIPFilterLog2 = 12
 	// MaxAffinity is the number of client prefixes per family.
 	MaxAffinity = 65536
 	// DefaultConntrackSize is the conntrack size compiled into the object;

@@ -19,6 +19,7 @@ func TestConstsMatchObject(t *testing.T) {
 		MapServices:     MaxServices * 2,
 		MapServiceState: MaxServices,
 		MapVIPAddrs:     MaxVIPAddrs,
+		MapVIPFilter:    1,
 		MapBackends:     MaxBackends,
 		MapRings:        MaxRings,
 		MapConntrack4:   DefaultConntrackSize,
@@ -41,6 +42,10 @@ func TestConstsMatchObject(t *testing.T) {
 	}
 	if got := spec.Maps[MapRings].InnerMap.MaxEntries; got != DefaultRingSize+1 {
 		t.Errorf("ring template: %d entries, want DefaultRingSize+1 = %d", got, DefaultRingSize+1)
+	}
+
+	if got, want := spec.Maps[MapVIPFilter].ValueSize, uint32(1<<VIPFilterLog2/8); got != want {
+		t.Errorf("vip_filter value: %d bytes in the object, Go expects %d (VIPFilterLog2 %d)", got, want, VIPFilterLog2)
 	}
 
 	var stat *btf.Enum

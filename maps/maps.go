@@ -26,6 +26,7 @@ const (
 	MapServices     = "services"
 	MapServiceState = "service_state"
 	MapVIPAddrs     = "vip_addrs"
+	MapVIPFilter    = "vip_filter"
 	MapBackends     = "backends"
 	MapRings        = "rings"
 	MapConntrack4   = "conntrack4"
@@ -78,6 +79,7 @@ type Maps struct {
 	Services     *ebpf.Map
 	ServiceState *ebpf.Map
 	VIPAddrs     *ebpf.Map
+	VIPFilter    *ebpf.Map // a bit per hashed VIP address, rebuilt from VIPAddrs
 	Backends     *ebpf.Map
 	Rings        *ebpf.Map
 	Conntrack4   *ebpf.Map // IPv4 flows, keyed by bpf.BalancerFlow4Key
@@ -94,13 +96,16 @@ type Maps struct {
 	mu sync.Mutex
 }
 
-// New takes the maps of a loaded balancer or benchmark collection.
+// New takes the maps of a loaded balancer or benchmark collection and
+// brings the VIP filter in line with vip_addrs (pinned state from an
+// earlier load may have either without the other).
 func New(coll *ebpf.Collection) (*Maps, error) {
 	m := &Maps{}
 	for name, dst := range map[string]**ebpf.Map{
 		MapServices:     &m.Services,
 		MapServiceState: &m.ServiceState,
 		MapVIPAddrs:     &m.VIPAddrs,
+		MapVIPFilter:    &m.VIPFilter,
 		MapBackends:     &m.Backends,
 		MapRings:        &m.Rings,
 		MapConntrack4:   &m.Conntrack4,
@@ -119,6 +124,9 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 			return nil, fmt.Errorf("maps: collection has no map %q", name)
 		}
 		*dst = mp
+	}
+	if err := m.syncVIPFilter(); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -255,12 +263,12 @@ func (m *Maps) adjustVIP(vip netip.Addr, delta int) error {
 		if err := m.VIPAddrs.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("maps: delete vip address %v: %w", vip, err)
 		}
-		return nil
+		return m.syncVIPFilter()
 	}
 	if err := m.VIPAddrs.Put(&key, &n); err != nil {
 		return fmt.Errorf("maps: put vip address %v: %w", vip, err)
 	}
-	return nil
+	return m.syncVIPFilter()
 }
 
 // ListServices lists the services in the map.

@@ -40,6 +40,9 @@ func TestPinnedAdoption(t *testing.T) {
 	mustDo(t, b.Maps.SetRing(7, 3, table))
 	mustDo(t, b.Maps.PutName("s:imap/4", 7))
 	b.Close()
+	// Pinned state from before the VIP filter existed: the next load
+	// creates the filter and must fill it from vip_addrs.
+	mustDo(t, os.Remove(filepath.Join(dir, maps.MapVIPFilter)))
 
 	b2, err := dataplane.LoadBalancer(dataplane.Options{PinPath: dir, ConntrackSize: 4096})
 	if err != nil {
@@ -56,6 +59,9 @@ func TestPinnedAdoption(t *testing.T) {
 	}
 	if names, _ := b2.Maps.ListNames(); names["s:imap/4"] != 7 {
 		t.Fatalf("adopted names %v", names)
+	}
+	if !filterBit(t, b2.Maps, vip4) {
+		t.Fatal("VIP filter not rebuilt from the pinned vip_addrs")
 	}
 
 	_, err = dataplane.LoadBalancer(dataplane.Options{PinPath: dir, ConntrackSize: 8192})
