@@ -2,8 +2,8 @@
 /* nexthop.h: the way to a node, from bpf_fib_lookup, cached per CPU.
  *
  * A FIB lookup costs more than the rest of an established flow's path, so
- * its answer is kept per backend for NH_CACHE_TTL_NS and re-asked when the
- * backend's address changes. The kernel's neighbour table must know the
+ * its answer is kept per backend for NH_CACHE_TTL_JIFFIES and re-asked
+ * when the backend's address changes. The kernel's neighbour table must know the
  * next hop (health checks keep it warm); forwarding must be enabled on the
  * ingress device, as bpf_fib_lookup requires. */
 #ifndef ATOLL_NEXTHOP_H
@@ -30,8 +30,8 @@ static __always_inline struct nh_entry *next_hop(struct xdp_md *ctx, const struc
 		count(STAT_DROP_FIB);
 		return NULL;
 	}
-	now = bpf_ktime_get_coarse_ns();
-	if (nh->expires_ns > now && nh->family == be->family && addr_eq(nh->addr, be->addr))
+	now = bpf_jiffies64();
+	if (nh->expires > now && nh->family == be->family && addr_eq(nh->addr, be->addr))
 		return nh;
 
 	fib.family = be->family;
@@ -63,7 +63,7 @@ static __always_inline struct nh_entry *next_hop(struct xdp_md *ctx, const struc
 	nh->family = be->family;
 	nh->ifindex = fib.ifindex;
 	nh->mtu = fib.mtu_result;
-	nh->expires_ns = now + NH_CACHE_TTL_NS;
+	nh->expires = now + NH_CACHE_TTL_JIFFIES;
 	return nh;
 }
 

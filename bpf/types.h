@@ -96,7 +96,7 @@ struct ct_entry {
 /* nh_cache value (per CPU, indexed by backend id): what bpf_fib_lookup
  * said about the way to a node, and for which address. */
 struct nh_entry {
-	__u64 expires_ns;
+	__u64 expires; /* jiffies */
 	__u8 addr[16];
 	__u8 family;
 	__u8 onlink; /* the node itself is the next hop */
