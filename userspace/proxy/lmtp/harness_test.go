@@ -710,8 +710,12 @@ func fakeLMTP(after func(c net.Conn, rcpts []string)) func(c net.Conn, r *bufio.
 
 // fakeReplies replace the fake node's answers to MAIL and DATA ("" for
 // the usual 250 / 354), and to RCPT until the first RSET ("" for 250; a
-// refused recipient is not kept).
-type fakeReplies struct{ mail, data, rcpt string }
+// refused recipient is not kept). quit, when set, takes the connection
+// over at QUIT instead of the 221 answer.
+type fakeReplies struct {
+	mail, data, rcpt string
+	quit             func(c net.Conn, r *bufio.Reader)
+}
 
 func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c net.Conn, r *bufio.Reader, f *fakeNode) {
 	if fr.mail == "" {
@@ -762,6 +766,10 @@ func fakeLMTPWith(fr fakeReplies, after func(c net.Conn, rcpts []string)) func(c
 				refuse, rcpts = false, nil
 				io.WriteString(c, "250 2.0.0 OK\r\n")
 			case "QUIT":
+				if fr.quit != nil {
+					fr.quit(c, r)
+					return
+				}
 				io.WriteString(c, "221 2.0.0 bye\r\n")
 				return
 			default:

@@ -229,6 +229,7 @@ type session struct {
 	// (node.go); islands are delivered concurrently.
 	nodesMu sync.Mutex
 	nodes   map[string]*nodeConn
+	closing sync.WaitGroup // node sessions being ended politely
 }
 
 // advertised are the optional extensions one LHLO answer offered.

@@ -912,3 +912,51 @@ func TestNodeConnectionKept(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestStalledKeptNodeDoesNotDelay: a kept node connection that may not
+// serve the next transaction (the MTA said LHLO with another name) is
+// ended with QUIT off the delivery path: the node keeps its QUIT answer,
+// and the next transaction is answered while that connection is still
+// open; the session's end then waits for it to close.
+func TestStalledKeptNodeDoesNotDelay(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	var quits, closed atomic.Int32
+	stall := func(c net.Conn, r *bufio.Reader) {
+		quits.Add(1)
+		io.Copy(io.Discard, r) // no answer; until atoll closes
+		closed.Add(1)
+	}
+	f := newFakeNode(t, fakeLMTPWith(fakeReplies{quit: stall}, func(c net.Conn, rcpts []string) {
+		for _, r := range rcpts {
+			fmt.Fprintf(c, "250 2.0.0 <%s> saved\r\n", r)
+		}
+	}))
+	e.nodes.setIsland("k", proxy.IslandSettings{}, proxy.NodeInfo{Name: "fake-k", Addr: f.addr(), Healthy: true})
+	e.dir.set("u1@k.test", "k")
+	c, _ := dial(t, e.addr, netip.Addr{})
+	send := func() {
+		t.Helper()
+		c.expect("MAIL FROM:<sender@example.org>", 250, "")
+		c.expect("RCPT TO:<u1@k.test>", 250, "")
+		c.expect("DATA", 354, "")
+		c.sendData(testMessage(marker(t), "u1@k.test"))
+		if r := c.reply(); r.code != 250 {
+			t.Fatalf("delivery: %v, want 250", r)
+		}
+	}
+	c.expect("LHLO mta.test", 250, "")
+	send()
+	c.expect("LHLO other.test", 250, "")
+	send()
+	if n := closed.Load(); n != 0 {
+		t.Fatalf("when the second delivery was answered, %d stalled node connection(s) had been closed: the delivery waited for the QUIT answer", n)
+	}
+	c.expect("QUIT", 221, "")
+	deadline := time.Now().Add(10 * time.Second)
+	for closed.Load() != 2 || quits.Load() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the session ended: %d QUIT sent, %d connections closed; want 2 and 2", quits.Load(), closed.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

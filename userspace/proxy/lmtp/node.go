@@ -135,8 +135,15 @@ func (c *session) takeNode(j *islandJob, env envelope) *nodeConn {
 			}
 		}
 	}
-	nc.close(true)
+	c.closeLater(nc)
 	return nil
+}
+
+// closeLater ends nc politely off the delivery path: a stalled node may
+// keep its QUIT answer for up to quit's timeout, which the transaction
+// must not wait for. The session's end waits for it (closeNodes).
+func (c *session) closeLater(nc *nodeConn) {
+	c.closing.Go(func() { nc.close(true) })
 }
 
 // keepNode keeps nc for the island's next transaction, or closes it.
@@ -153,19 +160,21 @@ func (c *session) keepNode(island string, nc *nodeConn, keep bool) {
 	c.nodes[island] = nc
 	c.nodesMu.Unlock()
 	if old != nil {
-		old.close(true)
+		c.closeLater(old)
 	}
 }
 
-// closeNodes ends every kept node session (the client's session is over).
+// closeNodes ends every kept node session, all at once, and waits for
+// those being closed (the client's session is over).
 func (c *session) closeNodes() {
 	c.nodesMu.Lock()
 	nodes := c.nodes
 	c.nodes = nil
 	c.nodesMu.Unlock()
 	for _, nc := range nodes {
-		nc.close(true)
+		c.closeLater(nc)
 	}
+	c.closing.Wait()
 }
 
 // tryNode runs the island's transaction on a new connection to node n. A
