@@ -230,15 +230,20 @@ func (d *Daemon) stopProxyListeners(keep map[string]bool) {
 }
 
 // listenFreebind listens on addr even before the address is on the host
-// (keepalived may add the VIP later): IP_FREEBIND.
+// (keepalived may add the VIP later): IP_FREEBIND. The accepted sockets
+// inherit the listener's keep-alive (proxy.ListenKeepAlive), so Go is
+// told not to set it on each (KeepAlive: -1).
 func listenFreebind(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAliveConfig: proxy.KeepAlive(), Control: func(network, _ string, c syscall.RawConn) error {
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			if addr.Addr().Is4() {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
 			} else {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+			}
+			if serr == nil {
+				serr = proxy.ListenKeepAlive(int(fd))
 			}
 		})
 		if err != nil {

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/atoll-lb/atoll/userspace/directory"
@@ -227,9 +229,20 @@ func rendezvous(user, node string) uint64 {
 // instead of four, which showed up in a profile of short sessions.
 var keepAlive = net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: -1, Count: -1}
 
-// KeepAlive is keepAlive for listeners: pass it as
-// net.ListenConfig.KeepAliveConfig.
-func KeepAlive() net.KeepAliveConfig { return keepAlive }
+// ListenKeepAlive gives a listening socket the sessions' keep-alive
+// (SO_KEEPALIVE, TCP_KEEPIDLE of keepAlive.Idle). Linux copies both to
+// every socket the listener accepts, so a listener made with it and
+// net.ListenConfig{KeepAlive: -1} accepts without any keep-alive call of
+// Go's: two setsockopt per session fewer (TestListenKeepAliveInherited).
+func ListenKeepAlive(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1); err != nil {
+		return fmt.Errorf("proxy: listener SO_KEEPALIVE: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second)); err != nil {
+		return fmt.Errorf("proxy: listener TCP_KEEPIDLE: %w", err)
+	}
+	return nil
+}
 
 // Dial connects to a node for a session from client: from the next
 // source address, with the PROXY v2 header when the island wants the
