@@ -3,9 +3,9 @@
  *
  * A FIB lookup costs more than the rest of an established flow's path, so
  * its answer is kept per backend for NH_CACHE_TTL_JIFFIES and re-asked
- * when the backend's address changes. The kernel's neighbour table must know the
- * next hop (health checks keep it warm); forwarding must be enabled on the
- * ingress device, as bpf_fib_lookup requires. */
+ * when the backend's address changes. The kernel's neighbour table must
+ * know the next hop (health checks keep it warm); forwarding must be
+ * enabled on the ingress device, as bpf_fib_lookup requires. */
 #ifndef ATOLL_NEXTHOP_H
 #define ATOLL_NEXTHOP_H
 

@@ -65,7 +65,7 @@ struct flow_key {
 	__u16 pad;
 };
 
-/* vip_filter value (struct vip_bits): bit vip_filter_bit(a) is set for every VIP address a
+/* vip_filter value: bit vip_filter_bit(a) is set for every VIP address a
  * (and, by collision, for a few others, which then take the full path). */
 struct vip_bits {
 	__u64 bits[VIP_FILTER_BITS / 64];

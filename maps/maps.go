@@ -96,9 +96,11 @@ type Maps struct {
 	mu sync.Mutex
 }
 
-// New takes the maps of a loaded balancer or benchmark collection and
-// brings the VIP filter in line with vip_addrs (pinned state from an
-// earlier load may have either without the other).
+// New takes the maps of a loaded balancer or benchmark collection, brings
+// the VIP filter in line with vip_addrs (pinned state from an earlier
+// load may have either without the other) and empties the next-hop cache
+// (it is only a cache, and an earlier program's entries may count expiry
+// in another clock: nanoseconds before the cache counted jiffies).
 func New(coll *ebpf.Collection) (*Maps, error) {
 	m := &Maps{}
 	for name, dst := range map[string]**ebpf.Map{
@@ -128,7 +130,26 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 	if err := m.syncVIPFilter(); err != nil {
 		return nil, err
 	}
+	if err := m.flushNextHops(); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// flushNextHops zeroes every CPU's next-hop cache entry of every backend:
+// the next packet to each node asks the FIB again.
+func (m *Maps) flushNextHops() error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("maps: next-hop cache: %w", err)
+	}
+	zero := make([]bpf.BalancerNhEntry, cpus)
+	for id := range uint32(m.NextHops.MaxEntries()) {
+		if err := m.NextHops.Put(id, zero); err != nil {
+			return fmt.Errorf("maps: clear next-hop cache entry %d: %w", id, err)
+		}
+	}
+	return nil
 }
 
 func svcKey(vip netip.Addr, port uint16) bpf.BalancerSvcKey {

@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/atoll-lb/atoll/bpf"
 	"github.com/atoll-lb/atoll/maps"
 	"github.com/atoll-lb/atoll/userspace/dataplane"
 	"github.com/atoll-lb/atoll/userspace/netns"
@@ -39,6 +42,15 @@ func TestPinnedAdoption(t *testing.T) {
 	mustDo(t, err)
 	mustDo(t, b.Maps.SetRing(7, 3, table))
 	mustDo(t, b.Maps.PutName("s:imap/4", 7))
+	// A next-hop cache entry an earlier program left (another clock,
+	// perhaps): a new load must not trust it.
+	cpus, err := ebpf.PossibleCPU()
+	mustDo(t, err)
+	stale := make([]bpf.BalancerNhEntry, cpus)
+	for i := range stale {
+		stale[i] = bpf.BalancerNhEntry{Expires: 1 << 62, Family: 2, Dmac: [6]uint8{2, 0, 0, 0, 0xee, 0xee}}
+	}
+	mustDo(t, b.Maps.NextHops.Put(uint32(9), stale))
 	b.Close()
 	// Pinned state from before the VIP filter existed: the next load
 	// creates the filter and must fill it from vip_addrs.
@@ -62,6 +74,12 @@ func TestPinnedAdoption(t *testing.T) {
 	}
 	if !filterBit(t, b2.Maps, vip4) {
 		t.Fatal("VIP filter not rebuilt from the pinned vip_addrs")
+	}
+	mustDo(t, b2.Maps.NextHops.Lookup(uint32(9), stale))
+	for i, e := range stale {
+		if e != (bpf.BalancerNhEntry{}) {
+			t.Fatalf("CPU %d's next-hop cache entry kept across loads: %+v", i, e)
+		}
 	}
 
 	_, err = dataplane.LoadBalancer(dataplane.Options{PinPath: dir, ConntrackSize: 8192})
