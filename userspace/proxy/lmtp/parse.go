@@ -136,6 +136,11 @@ func parsePath(s string) (mailbox, rest string, err error) {
 		if i < 0 {
 			return "", "", errors.New("source route without ':'")
 		}
+		// Route domains are names: a quote, blank or backslash there means
+		// the ':' belongs to a quoted local part, not to a route.
+		if strings.ContainsAny(inner[:i], "\" \\") {
+			return "", "", errors.New("bad source route")
+		}
 		inner = inner[i+1:]
 		if inner == "" {
 			return "", "", errors.New("source route without mailbox")
@@ -166,10 +171,25 @@ func checkMailbox(m string) error {
 	if local == "" {
 		return errors.New("empty local part")
 	}
-	if !strings.HasPrefix(local, `"`) && strings.Contains(local, `"`) {
-		return errors.New("stray quote in local part")
+	if !strings.HasPrefix(local, `"`) {
+		if strings.Contains(local, `"`) {
+			return errors.New("stray quote in local part")
+		}
+		return nil
 	}
-	return nil
+	// A quoted local part is one quoted string: its closing quote ends it.
+	for i := 1; i < len(local); i++ {
+		switch local[i] {
+		case '\\':
+			i++
+		case '"':
+			if i != len(local)-1 {
+				return errors.New("text after the quoted local part")
+			}
+			return nil
+		}
+	}
+	return errors.New("unterminated quoted local part")
 }
 
 // lastUnquotedAt is the index of the '@' that separates the local part

@@ -69,6 +69,10 @@ func TestParseMailArg(t *testing.T) {
 		{in: "TO:<u@>", prefix: "TO:", bad: true},
 		{in: "TO:<@x.test>", prefix: "TO:", bad: true},
 		{in: "TO:<@r.test:>", prefix: "TO:", bad: true},
+		{in: `TO:<@":">`, prefix: "TO:", bad: true},        // the ':' is quoted: no route, and no mailbox
+		{in: `TO:<"a"b@x.test>`, prefix: "TO:", bad: true}, // text after the quoted string
+		{in: `TO:<"a@x.test>`, prefix: "TO:", bad: true},   // unterminated quoted string
+		{in: `TO:<"a\"@x.test>`, prefix: "TO:", bad: true}, // the closing quote is escaped
 		{in: "TO:<u@x\x01.test>", prefix: "TO:", bad: true},
 		{in: "TO:<a<b@x.test>", prefix: "TO:", bad: true},
 		{in: "TO:<u@x.test> A=1 a=2", prefix: "TO:", bad: true},
