@@ -272,14 +272,15 @@ func (m *Maps) DeleteService(vip netip.Addr, port uint16) error {
 	return m.adjustVIP(vip, -1)
 }
 
-// adjustVIP keeps vip_addrs counting the services on each VIP address.
+// adjustVIP keeps vip_addrs counting the services on each VIP address,
+// and the VIP filter in line when an address comes or goes.
 func (m *Maps) adjustVIP(vip netip.Addr, delta int) error {
 	key := vipKey(vip)
-	var n uint32
-	if err := m.VIPAddrs.Lookup(&key, &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	var old uint32
+	if err := m.VIPAddrs.Lookup(&key, &old); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("maps: vip address %v: %w", vip, err)
 	}
-	n = uint32(int(n) + delta)
+	n := uint32(int(old) + delta)
 	if int(n) <= 0 {
 		if err := m.VIPAddrs.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("maps: delete vip address %v: %w", vip, err)
@@ -289,7 +290,10 @@ func (m *Maps) adjustVIP(vip netip.Addr, delta int) error {
 	if err := m.VIPAddrs.Put(&key, &n); err != nil {
 		return fmt.Errorf("maps: put vip address %v: %w", vip, err)
 	}
-	return m.syncVIPFilter()
+	if old == 0 {
+		return m.syncVIPFilter()
+	}
+	return nil
 }
 
 // ListServices lists the services in the map.

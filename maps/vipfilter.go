@@ -1,7 +1,6 @@
 package maps
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 
@@ -13,11 +12,13 @@ import (
 // address's four 32-bit words (an IPv4 address is the first word, the
 // rest zero), times 0x9E3779B1, top VIPFilterLog2 bits.
 func VIPFilterBit(a netip.Addr) uint32 {
-	var b [16]uint8
-	putAddr(&b, a)
-	x := binary.LittleEndian.Uint32(b[0:]) ^ binary.LittleEndian.Uint32(b[4:]) ^
-		binary.LittleEndian.Uint32(b[8:]) ^ binary.LittleEndian.Uint32(b[12:])
-	return (x * 0x9E3779B1) >> (32 - VIPFilterLog2)
+	var (
+		k FlowKey
+		w keyWords
+	)
+	putAddr(&k.Dst, a)
+	w.fill(&k) // the words as the program reads them; Dst is words 4–7
+	return ((w[4] ^ w[5] ^ w[6] ^ w[7]) * 0x9E3779B1) >> (32 - VIPFilterLog2)
 }
 
 // syncVIPFilter rebuilds the VIP filter from vip_addrs and stores it with
