@@ -54,6 +54,16 @@ type BalancerCtEntry struct {
 	CreatedNs uint64
 }
 
+type BalancerFcEntry struct {
+	_       structs.HostLayout
+	Key     BalancerFlowKey
+	Backend uint32
+	Service uint16
+	Flags   uint16
+	Gen     uint32
+	Stamp   uint32
+}
+
 type BalancerFlow4Key struct {
 	_     structs.HostLayout
 	Src   uint32
@@ -182,6 +192,7 @@ const (
 	BalancerMapConfig       = "config"
 	BalancerMapConntrack4   = "conntrack4"
 	BalancerMapConntrack6   = "conntrack6"
+	BalancerMapFlowCache    = "flow_cache"
 	BalancerMapNames        = "names"
 	BalancerMapNhCache      = "nh_cache"
 	BalancerMapRings        = "rings"
@@ -251,6 +262,7 @@ type BalancerMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
+	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
@@ -296,6 +308,7 @@ type BalancerMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
+	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
@@ -316,6 +329,7 @@ func (m *BalancerMaps) Close() error {
 		m.Config,
 		m.Conntrack4,
 		m.Conntrack6,
+		m.FlowCache,
 		m.Names,
 		m.NhCache,
 		m.Rings,

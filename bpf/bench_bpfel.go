@@ -54,6 +54,16 @@ type BenchCtEntry struct {
 	CreatedNs uint64
 }
 
+type BenchFcEntry struct {
+	_       structs.HostLayout
+	Key     BenchFlowKey
+	Backend uint32
+	Service uint16
+	Flags   uint16
+	Gen     uint32
+	Stamp   uint32
+}
+
 type BenchFlow4Key struct {
 	_     structs.HostLayout
 	Src   uint32
@@ -183,6 +193,7 @@ const (
 	BenchMapConfig        = "config"
 	BenchMapConntrack4    = "conntrack4"
 	BenchMapConntrack6    = "conntrack6"
+	BenchMapFlowCache     = "flow_cache"
 	BenchMapNames         = "names"
 	BenchMapNhCache       = "nh_cache"
 	BenchMapRings         = "rings"
@@ -257,6 +268,7 @@ type BenchMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
+	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
@@ -305,6 +317,7 @@ type BenchMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
+	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
@@ -326,6 +339,7 @@ func (m *BenchMaps) Close() error {
 		m.Config,
 		m.Conntrack4,
 		m.Conntrack6,
+		m.FlowCache,
 		m.Names,
 		m.NhCache,
 		m.Rings,

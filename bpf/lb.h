@@ -145,21 +145,22 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
 	return rc;
 }
 
-/* established forwards a packet of a flow conntrack knows, without the
- * services lookup, while its service is unchanged (same generation) and
- * its node usable. Otherwise the packet takes the full path (CONTINUE). */
-static __always_inline int established(struct xdp_md *ctx, const struct packet *p, const struct ct_entry *ct)
+/* established forwards a packet of a flow conntrack knows (the fields of
+ * its entry, or of the flow cache's copy), without the services lookup,
+ * while its service is unchanged (same generation) and its node usable.
+ * Otherwise the packet takes the full path (CONTINUE). */
+static __always_inline int established(struct xdp_md *ctx, const struct packet *p, __u32 sid, __u32 be_id,
+				       __u32 flags, __u32 gen)
 {
-	__u32 sid = ct->service, be_id = ct->backend;
 	struct svc_state *st;
 	struct backend *be;
 
-	if (ct->flags & CT_F_LOCAL) {
+	if (flags & CT_F_LOCAL) {
 		count(STAT_PASS_LOCAL);
 		return XDP_PASS;
 	}
 	st = bpf_map_lookup_elem(&service_state, &sid);
-	if (!st || st->gen != ct->gen)
+	if (!st || st->gen != gen)
 		return CONTINUE;
 	be = bpf_map_lookup_elem(&backends, &be_id);
 	if (!usable(be))
@@ -298,10 +299,10 @@ static __always_inline __u32 vip_filter_bit(const __u8 *addr)
 }
 
 /* maybe_vip says whether the destination may be a VIP address, with one
- * inlined array read instead of a services lookup: after a conntrack miss
- * it lets the proxy's node-side replies, health-check answers and the
- * host's own traffic pass without a second hash lookup. (Before conntrack
- * it would also save the first, but cost every established flow ~2 ns.) */
+ * inlined array read: after a flow cache miss it lets the proxy's
+ * node-side replies, health-check answers and the host's own traffic pass
+ * without a conntrack or services lookup. (Only a VIP flow has a conntrack
+ * entry; one left behind by a VIP since removed would pass anyway.) */
 static __always_inline int maybe_vip(const struct packet *p)
 {
 	__u32 zero = 0, bit = vip_filter_bit(p->key.dst);
@@ -321,7 +322,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 	struct service *svc;
 	struct backend *be;
 
-	svc = maybe_vip(p) ? lookup_service(p) : NULL;
+	svc = lookup_service(p);
 	if (!svc) {
 		count(STAT_PASS_NON_VIP);
 		return XDP_PASS;
@@ -377,18 +378,82 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
 }
 
-/* process: conntrack first, so an established flow costs one hash lookup;
- * everything else (new flows, non-VIP traffic) then looks up services. */
+/* fc_slot returns the flow cache entry a flow may occupy. The index is a
+ * cheap fold of the key's words (seeded, so clients cannot aim their
+ * flows at one slot): a collision only costs a conntrack lookup. */
+static __always_inline struct fc_entry *fc_slot(const struct packet *p)
+{
+	const __u32 *w = (const __u32 *)&p->key;
+	__u32 x, slot;
+
+	x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ rol32(w[4] ^ w[5] ^ w[6] ^ w[7], 16) ^ w[8] ^ hash_seed;
+	slot = (x * 0x9E3779B1u) >> (32 - FLOW_CACHE_LOG2);
+	return bpf_map_lookup_elem(&flow_cache, &slot);
+}
+
+/* fc_hit says whether the entry is a fresh copy of this flow's conntrack
+ * entry. The key's words are compared as parse() wrote them (see
+ * key_addr4). */
+static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now)
+{
+	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)&p->key;
+
+	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
+		return 0;
+	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
+}
+
+static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct, __u32 now)
+{
+	__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
+	e->backend = ct->backend;
+	e->service = ct->service;
+	e->flags = ct->flags;
+	e->gen = ct->gen;
+	e->stamp = now;
+}
+
+/* process: the flow cache, then conntrack, so an established flow costs
+ * an array read (or one hash lookup); everything else then looks up
+ * services. A cached copy that may not forward (its service changed, its
+ * node went DOWN) is dropped and conntrack decides, as without a cache;
+ * the next packet copies the entry that decision left. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 {
-	struct ct_entry *ct;
-	int rc;
+	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen;
+	struct ct_entry *ct = NULL;
+	struct fc_entry *fc;
+	int rc, cached;
 
-	ct = ct_lookup(p);
-	if (ct) {
-		rc = established(ctx, p, ct);
-		if (rc != CONTINUE)
-			return rc;
+	fc = fc_slot(p);
+	cached = fc && fc_hit(fc, p, now);
+	if (cached) {
+		sid = fc->service;
+		be_id = fc->backend;
+		flags = fc->flags;
+		gen = fc->gen;
+	} else {
+		if (!maybe_vip(p)) {
+			count(STAT_PASS_NON_VIP);
+			return XDP_PASS;
+		}
+		ct = ct_lookup(p);
+		if (!ct)
+			return place(ctx, p, NULL);
+		sid = ct->service;
+		be_id = ct->backend;
+		flags = ct->flags;
+		gen = ct->gen;
+	}
+	rc = established(ctx, p, sid, be_id, flags, gen);
+	if (rc != CONTINUE) {
+		if (!cached && fc)
+			fc_fill(fc, p, ct, now);
+		return rc;
+	}
+	if (cached) {
+		fc->stamp = now - FLOW_CACHE_TTL_JIFFIES;
+		ct = ct_lookup(p);
 	}
 	return place(ctx, p, ct);
 }

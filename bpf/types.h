@@ -63,7 +63,7 @@ struct flow_key {
 	__u8 proto;
 	__u8 family;
 	__u16 pad;
-};
+} __attribute__((aligned(8))); /* read in 64-bit words: see key_addr4 */
 
 /* vip_filter value: bit vip_filter_bit(a) is set for every VIP address a
  * (and, by collision, for a few others, which then take the full path). */
@@ -91,6 +91,18 @@ struct ct_entry {
 	__u32 gen;     /* the service's generation when the entry was written */
 	__u32 pad;
 	__u64 created_ns;
+};
+
+/* flow_cache value (per CPU, direct-mapped by fc_slot): a copy of a
+ * conntrack entry's forwarding fields, so that a packet of a busy flow
+ * costs an inlined array read instead of a conntrack hash lookup. */
+struct fc_entry {
+	struct flow_key key; /* all zero: empty (no real key has family 0) */
+	__u32 backend;
+	__u16 service;
+	__u16 flags;
+	__u32 gen;
+	__u32 stamp; /* low 32 bits of jiffies when copied from conntrack */
 };
 
 /* nh_cache value (per CPU, indexed by backend id): what bpf_fib_lookup

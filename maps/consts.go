@@ -18,6 +18,10 @@ const (
 	MaxVIPAddrs = MaxServices * 2
 	// VIPFilterLog2 is log2 of the VIP filter's bits.
 	VIPFilterLog2 = 12
+	// FlowCacheLog2 is log2 of the flow cache's entries per CPU.
+	FlowCacheLog2 = 12
+	// FlowCacheSize is the number of flow cache entries per CPU.
+	FlowCacheSize = 1 << FlowCacheLog2
 	// MaxAffinity is the number of client prefixes per family.
 	MaxAffinity = 65536
 	// DefaultConntrackSize is the conntrack size compiled into the object;

@@ -25,6 +25,7 @@ func TestConstsMatchObject(t *testing.T) {
 		MapConntrack4:   DefaultConntrackSize,
 		MapConntrack6:   DefaultConntrackSize,
 		MapNextHops:     MaxBackends,
+		MapFlowCache:    FlowCacheSize,
 		MapStats:        uint32(NumStats),
 		MapServiceStats: MaxServices,
 		MapBackendStats: MaxBackends,

@@ -154,3 +154,12 @@ func family(a netip.Addr) uint8 {
 func htons(p uint16) uint16 { return bits.ReverseBytes16(p) }
 
 func ntohs(p uint16) uint16 { return bits.ReverseBytes16(p) }
+
+// FlowCacheSlot returns the flow cache entry (on each CPU) that the flow
+// may occupy, as bpf/lb.h's fc_slot computes it.
+func FlowCacheSlot(k FlowKey, seed uint32) uint32 {
+	var w keyWords
+	w.fill(&k)
+	x := w[0] ^ w[1] ^ w[2] ^ w[3] ^ bits.RotateLeft32(w[4]^w[5]^w[6]^w[7], 16) ^ w[8] ^ seed
+	return (x * 0x9E3779B1) >> (32 - FlowCacheLog2)
+}

@@ -32,6 +32,7 @@ const (
 	MapConntrack4   = "conntrack4"
 	MapConntrack6   = "conntrack6"
 	MapNextHops     = "nh_cache"
+	MapFlowCache    = "flow_cache"
 	MapConfig       = "config"
 	MapStats        = "stats"
 	MapServiceStats = "service_stats"
@@ -85,6 +86,7 @@ type Maps struct {
 	Conntrack4   *ebpf.Map // IPv4 flows, keyed by bpf.BalancerFlow4Key
 	Conntrack6   *ebpf.Map // IPv6 flows, keyed by FlowKey
 	NextHops     *ebpf.Map
+	FlowCache    *ebpf.Map // per CPU: copies of busy flows' conntrack entries
 	Config       *ebpf.Map
 	Stats        *ebpf.Map
 	ServiceStats *ebpf.Map
@@ -98,9 +100,10 @@ type Maps struct {
 
 // New takes the maps of a loaded balancer or benchmark collection, brings
 // the VIP filter in line with vip_addrs (pinned state from an earlier
-// load may have either without the other) and empties the next-hop cache
-// (it is only a cache, and an earlier program's entries may count expiry
-// in another clock: nanoseconds before the cache counted jiffies).
+// load may have either without the other) and empties the next-hop and
+// flow caches (they are only caches, and an earlier program's entries may
+// count expiry in another clock: nanoseconds before the next-hop cache
+// counted jiffies).
 func New(coll *ebpf.Collection) (*Maps, error) {
 	m := &Maps{}
 	for name, dst := range map[string]**ebpf.Map{
@@ -113,6 +116,7 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapConntrack4:   &m.Conntrack4,
 		MapConntrack6:   &m.Conntrack6,
 		MapNextHops:     &m.NextHops,
+		MapFlowCache:    &m.FlowCache,
 		MapConfig:       &m.Config,
 		MapStats:        &m.Stats,
 		MapServiceStats: &m.ServiceStats,
@@ -130,26 +134,38 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 	if err := m.syncVIPFilter(); err != nil {
 		return nil, err
 	}
-	if err := m.flushNextHops(); err != nil {
+	// The next packet to each node asks the FIB again.
+	if err := clearPerCPU[bpf.BalancerNhEntry](m.NextHops); err != nil {
+		return nil, fmt.Errorf("maps: clear next-hop cache: %w", err)
+	}
+	if err := m.clearFlowCache(); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// flushNextHops zeroes every CPU's next-hop cache entry of every backend:
-// the next packet to each node asks the FIB again.
-func (m *Maps) flushNextHops() error {
-	cpus, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("maps: next-hop cache: %w", err)
-	}
-	zero := make([]bpf.BalancerNhEntry, cpus)
-	for id := range uint32(m.NextHops.MaxEntries()) {
-		if err := m.NextHops.Put(id, zero); err != nil {
-			return fmt.Errorf("maps: clear next-hop cache entry %d: %w", id, err)
-		}
+// clearFlowCache empties every CPU's flow cache: the next packet of each
+// flow asks conntrack again.
+func (m *Maps) clearFlowCache() error {
+	if err := clearPerCPU[bpf.BalancerFcEntry](m.FlowCache); err != nil {
+		return fmt.Errorf("maps: clear flow cache: %w", err)
 	}
 	return nil
+}
+
+// clearPerCPU zeroes every CPU's copy of every entry of a per-CPU array
+// whose values are V, in one batch update.
+func clearPerCPU[V any](mp *ebpf.Map) error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	keys := make([]uint32, mp.MaxEntries())
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	_, err = mp.BatchUpdate(keys, make([]V, len(keys)*cpus), nil)
+	return err
 }
 
 func svcKey(vip netip.Addr, port uint16) bpf.BalancerSvcKey {
@@ -627,7 +643,9 @@ func (m *Maps) Flows(max int) ([]Flow, error) {
 	return out, nil
 }
 
-// FlushConntrack deletes every conntrack entry and returns how many.
+// FlushConntrack deletes every conntrack entry and returns how many. The
+// flow cache is emptied after conntrack, so that no copy outlives its
+// entry.
 func (m *Maps) FlushConntrack() (int, error) {
 	n4, err := flush[bpf.BalancerFlow4Key](m.Conntrack4)
 	if err != nil {
@@ -637,7 +655,7 @@ func (m *Maps) FlushConntrack() (int, error) {
 	if err != nil {
 		return n4 + n6, fmt.Errorf("maps: flush conntrack6: %w", err)
 	}
-	return n4 + n6, nil
+	return n4 + n6, m.clearFlowCache()
 }
 
 // flush deletes every key of a hash map.

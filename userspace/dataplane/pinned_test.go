@@ -51,6 +51,12 @@ func TestPinnedAdoption(t *testing.T) {
 		stale[i] = bpf.BalancerNhEntry{Expires: 1 << 62, Family: 2, Dmac: [6]uint8{2, 0, 0, 0, 0xee, 0xee}}
 	}
 	mustDo(t, b.Maps.NextHops.Put(uint32(9), stale))
+	// Likewise a flow cache entry (of a flow conntrack may not have).
+	staleFlow := make([]bpf.BalancerFcEntry, cpus)
+	for i := range staleFlow {
+		staleFlow[i] = bpf.BalancerFcEntry{Key: maps.NewFlowKey(netip.MustParseAddrPort("192.0.2.1:1"), netip.AddrPortFrom(vip4, 143)), Backend: 9, Service: 7, Gen: 1, Stamp: 1}
+	}
+	mustDo(t, b.Maps.FlowCache.Put(uint32(5), staleFlow))
 	b.Close()
 	// Pinned state from before the VIP filter existed: the next load
 	// creates the filter and must fill it from vip_addrs.
@@ -79,6 +85,12 @@ func TestPinnedAdoption(t *testing.T) {
 	for i, e := range stale {
 		if e != (bpf.BalancerNhEntry{}) {
 			t.Fatalf("CPU %d's next-hop cache entry kept across loads: %+v", i, e)
+		}
+	}
+	mustDo(t, b2.Maps.FlowCache.Lookup(uint32(5), staleFlow))
+	for i, e := range staleFlow {
+		if e != (bpf.BalancerFcEntry{}) {
+			t.Fatalf("CPU %d's flow cache entry kept across loads: %+v", i, e)
 		}
 	}
 

@@ -107,9 +107,28 @@ func (e *Env) ctx(frame []byte) xdpMd {
 // Run runs prog once on frame as if received on lb0 and returns the
 // verdict and the frame as the program left it.
 func (e *Env) Run(prog *ebpf.Program, frame []byte) (uint32, []byte, error) {
+	return e.RunOn(-1, prog, frame)
+}
+
+// RunOn is Run on one CPU (any if cpu < 0): the program's per-CPU state,
+// such as the flow cache, is that CPU's, as for a NIC queue whose
+// interrupts that CPU serves.
+func (e *Env) RunOn(cpu int, prog *ebpf.Program, frame []byte) (uint32, []byte, error) {
 	var ret uint32
 	out := make([]byte, len(frame)+256)
 	err := e.NS.Do(func() error {
+		if cpu >= 0 {
+			// NS.Do's thread is locked to it; put its CPUs back after.
+			var old, one unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &old); err != nil {
+				return fmt.Errorf("get CPU affinity: %w", err)
+			}
+			one.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &one); err != nil {
+				return fmt.Errorf("run on CPU %d: %w", cpu, err)
+			}
+			defer unix.SchedSetaffinity(0, &old)
+		}
 		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: e.ctx(frame)}
 		var err error
 		ret, err = prog.Run(opts)

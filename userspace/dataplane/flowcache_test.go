@@ -1,0 +1,268 @@
+package dataplane_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/atoll-lb/atoll/bpf"
+	"github.com/atoll-lb/atoll/bpf/packet"
+	"github.com/atoll-lb/atoll/maps"
+	"github.com/atoll-lb/atoll/userspace/dataplane"
+)
+
+// flowCacheCPU is the CPU the flow cache tests run the program on: the
+// cache is per CPU, as a NIC queue's flows stay on the CPU serving it.
+const flowCacheCPU = 0
+
+// cacheProbe sends packets of test flows on flowCacheCPU and reads that
+// CPU's flow cache.
+type cacheProbe struct {
+	t *testing.T
+	e *progEnv
+	b *dataplane.Balancer
+}
+
+// send runs one packet of the flow client:port -> vip:143 and returns the
+// verdict and, for a forwarded packet, the node it went to.
+func (c cacheProbe) send(client netip.Addr, port uint16, vip netip.Addr, flags uint8) (uint32, testNode) {
+	c.t.Helper()
+	s := syn(client, port, vip, 143)
+	s.Flags = flags
+	v, out, err := c.e.RunOn(flowCacheCPU, c.b.Program, packet.TCP(s))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n, _ := nodeByMAC(out[0:6])
+	return v, n
+}
+
+// slot returns flowCacheCPU's entry of the slot the flow maps to.
+func (c cacheProbe) slot(k maps.FlowKey) bpf.BalancerFcEntry {
+	c.t.Helper()
+	var all []bpf.BalancerFcEntry
+	if err := c.b.Maps.FlowCache.Lookup(maps.FlowCacheSlot(k, c.b.HashSeed), &all); err != nil {
+		c.t.Fatal(err)
+	}
+	return all[flowCacheCPU]
+}
+
+func flowKey(client netip.Addr, port uint16, vip netip.Addr) maps.FlowKey {
+	return maps.NewFlowKey(netip.AddrPortFrom(client, port), netip.AddrPortFrom(vip, 143))
+}
+
+// TestFlowCache: a flow's second packet copies its conntrack entry into
+// the CPU's flow cache (in the slot Go predicts); later packets are
+// forwarded from that copy, which follows conntrack again within
+// FLOW_CACHE_TTL_JIFFIES, is emptied with conntrack, gives way at once to
+// its node going DOWN or its service going away, and shares its slot with
+// a colliding flow without either losing its node.
+func TestFlowCache(t *testing.T) {
+	e := newProgEnv(t)
+	svcs := []maps.Service{svcL2v4, svcL2v6}
+	b := setup(t, e, svcs...)
+	table := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	c := cacheProbe{t: t, e: e, b: b}
+
+	// open sends a flow's SYN and first ACK, checks both reach the
+	// predicted node and the ACK left a copy, and returns the node.
+	open := func(client netip.Addr, port uint16, vip netip.Addr) testNode {
+		t.Helper()
+		want := expectNode(t, table, b.HashSeed, client, port, vip, 143)
+		k := flowKey(client, port, vip)
+		if v, n := c.send(client, port, vip, packet.FlagSYN); v != xdpTX || n.id != want.id {
+			t.Fatalf("SYN %v:%d: %s to %s, want %s", client, port, verdict(v), n.name, want.name)
+		}
+		if got := c.slot(k); got.Key == k {
+			t.Fatalf("flow %v:%d cached by its SYN", client, port)
+		}
+		if v, n := c.send(client, port, vip, packet.FlagACK); v != xdpTX || n.id != want.id {
+			t.Fatalf("ACK %v:%d: %s to %s, want %s", client, port, verdict(v), n.name, want.name)
+		}
+		got := c.slot(k)
+		if got.Key != k || got.Backend != want.id || got.Flags != 0 {
+			t.Fatalf("flow %v:%d: slot holds %+v, want its key and backend %d", client, port, got, want.id)
+		}
+		return want
+	}
+
+	t.Run("served from the copy until it expires", func(t *testing.T) {
+		for i, client := range []netip.Addr{client4, client6} {
+			vip := []netip.Addr{vip4, vip6}[i]
+			// Move a cached flow to another node behind the data plane's
+			// back: its next packet still goes to the cached node. (If this
+			// machine was too slow and the copy expired first, the packet
+			// goes to the new node: try another flow.)
+			var port uint16
+			var n, other testNode
+			for port = 21000; ; port++ {
+				n = open(client, port, vip)
+				other = nodeByID(n.id%3 + 1)
+				setConntrackBackend(t, b.Maps, flowKey(client, port, vip), other.id)
+				v, got := c.send(client, port, vip, packet.FlagACK)
+				if v != xdpTX || (got.id != n.id && got.id != other.id) {
+					t.Fatalf("%v: %s to %s after the change, want %s (cached) or %s", client, verdict(v), got.name, n.name, other.name)
+				}
+				if got.id == n.id {
+					break
+				}
+				if port == 21004 {
+					t.Fatalf("%v: five flows were not served from their copy", client)
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				v, got := c.send(client, port, vip, packet.FlagACK)
+				if v != xdpTX {
+					t.Fatalf("%v: %s", client, verdict(v))
+				}
+				if got.id == other.id {
+					break
+				}
+				if got.id != n.id || time.Now().After(deadline) {
+					t.Fatalf("%v: to %s, want %s once the copy expired (within 5 s)", client, got.name, other.name)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	})
+
+	t.Run("emptied with conntrack", func(t *testing.T) {
+		port := uint16(22000)
+		open(client4, port, vip4)
+		if _, err := b.Maps.FlushConntrack(); err != nil {
+			t.Fatal(err)
+		}
+		var all []bpf.BalancerFcEntry
+		for slot := range uint32(maps.FlowCacheSize) {
+			if err := b.Maps.FlowCache.Lookup(slot, &all); err != nil {
+				t.Fatal(err)
+			}
+			for cpu, en := range all {
+				if en != (bpf.BalancerFcEntry{}) {
+					t.Fatalf("slot %d on CPU %d holds %+v after the flush", slot, cpu, en)
+				}
+			}
+		}
+		before := stat(t, b.Maps, maps.StatFwdNew)
+		if v, _ := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX {
+			t.Fatalf("ACK after flush: %s", verdict(v))
+		}
+		if got := stat(t, b.Maps, maps.StatFwdNew); got != before+1 {
+			t.Fatalf("fwd_new moved by %d after the flush, want 1 (placed anew, not from a copy)", got-before)
+		}
+	})
+
+	t.Run("node DOWN", func(t *testing.T) {
+		port := uint16(23000)
+		n := open(client4, port, vip4)
+		var up []int
+		for i, tn := range testNodes[:3] {
+			if tn.id != n.id {
+				up = append(up, i)
+			}
+		}
+		table2 := putNodes(t, b.Maps, false, svcs, up...)
+		if err := b.Maps.SetBackendState(n.id, maps.StateDown); err != nil {
+			t.Fatal(err)
+		}
+		want := expectNode(t, table2, b.HashSeed, client4, port, vip4, 143)
+		resched := stat(t, b.Maps, maps.StatFwdRescheduled)
+		if v, got := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX || got.id != want.id {
+			t.Fatalf("flow of the DOWN node: %s to %s, want %s", verdict(v), got.name, want.name)
+		}
+		if got := stat(t, b.Maps, maps.StatFwdRescheduled); got != resched+1 {
+			t.Fatalf("fwd_rescheduled moved by %d, want 1", got-resched)
+		}
+		// The node returns: the flow stays where it was re-placed (the
+		// stale copy was dropped, not revived), and from the copy of its
+		// new entry.
+		if err := b.Maps.SetBackendState(n.id, maps.StateUp); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if v, got := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX || got.id != want.id {
+				t.Fatalf("re-placed flow after its old node returned: %s to %s, want %s", verdict(v), got.name, want.name)
+			}
+		}
+		if got := c.slot(flowKey(client4, port, vip4)); got.Backend != want.id {
+			t.Fatalf("slot holds backend %d, want %d", got.Backend, want.id)
+		}
+		if got := stat(t, b.Maps, maps.StatFwdRescheduled); got != resched+1 {
+			t.Fatalf("fwd_rescheduled moved by %d, want 1", got-resched)
+		}
+		table = putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	})
+
+	t.Run("colliding flows", func(t *testing.T) {
+		// Two flows in one slot, on different nodes.
+		first := uint16(24000)
+		slot := maps.FlowCacheSlot(flowKey(client4, first, vip4), b.HashSeed)
+		home := expectNode(t, table, b.HashSeed, client4, first, vip4, 143)
+		second := uint16(0)
+		for p := first + 1; p != 0; p++ {
+			if maps.FlowCacheSlot(flowKey(client4, p, vip4), b.HashSeed) == slot &&
+				expectNode(t, table, b.HashSeed, client4, p, vip4, 143).id != home.id {
+				second = p
+				break
+			}
+		}
+		if second == 0 {
+			t.Fatal("no colliding flow on another node")
+		}
+		nodes := map[uint16]testNode{first: open(client4, first, vip4), second: open(client4, second, vip4)}
+		for range 3 {
+			for _, p := range []uint16{first, second} {
+				if v, got := c.send(client4, p, vip4, packet.FlagACK); v != xdpTX || got.id != nodes[p].id {
+					t.Fatalf("port %d: %s to %s, want %s", p, verdict(v), got.name, nodes[p].name)
+				}
+				if got := c.slot(flowKey(client4, p, vip4)); got.Key != flowKey(client4, p, vip4) {
+					t.Fatalf("port %d: slot holds %+v, want the last flow sent", p, got)
+				}
+			}
+		}
+	})
+
+	t.Run("service removed", func(t *testing.T) {
+		port := uint16(25000)
+		open(client4, port, vip4)
+		if err := b.Maps.DeleteService(vip4, 143); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := c.send(client4, port, vip4, packet.FlagACK); v != xdpPass {
+			t.Fatalf("cached flow of a removed service: %s, want PASS", verdict(v))
+		}
+	})
+}
+
+// setConntrackBackend rewrites the backend of a flow's conntrack entry.
+func setConntrackBackend(t *testing.T, m *maps.Maps, k maps.FlowKey, backend uint32) {
+	t.Helper()
+	var v bpf.BalancerCtEntry
+	if k.Family == 2 {
+		var k4 bpf.BalancerFlow4Key
+		it := m.Conntrack4.Iterate()
+		for it.Next(&k4, &v) {
+			if [4]byte(k.Src[:4]) == le4(k4.Src) && k4.Sport == k.Sport {
+				v.Backend = backend
+				if err := m.Conntrack4.Put(&k4, &v); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		t.Fatalf("no conntrack4 entry for %+v (%v)", k, it.Err())
+	}
+	if err := m.Conntrack6.Lookup(&k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.Backend = backend
+	if err := m.Conntrack6.Put(&k, &v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// le4 is the address bytes of a conntrack4 word as the program stored it.
+func le4(w uint32) [4]byte {
+	return [4]byte{byte(w), byte(w >> 8), byte(w >> 16), byte(w >> 24)}
+}
