@@ -91,23 +91,20 @@ static __always_inline void *pkt_end(struct xdp_md *ctx)
  * cache's compare, the kernel's hash and memcmp): a load spanning two
  * narrower stores cannot be forwarded from the CPU's store buffer and
  * waits for both to reach the cache, a stall on every packet. */
-static __always_inline void key_addr4(__u8 *dst, const void *a)
+static __always_inline void key_addr4(__u8 *dst, const __be32 *a)
 {
-	__u32 v;
-
-	__builtin_memcpy(&v, a, 4);
-	((__u64 *)dst)[0] = v;
+	((__u64 *)dst)[0] = *a;
 	((__u64 *)dst)[1] = 0;
 }
 
-static __always_inline void key_addr6(__u8 *dst, const void *a)
+/* The address is read in 32-bit words (an IPv6 header is 4-byte aligned
+ * in its type): through a void pointer clang would load it byte by byte. */
+static __always_inline void key_addr6(__u8 *dst, const struct in6_addr *a)
 {
-	__u64 lo, hi;
+	const __u32 *w = a->in6_u.u6_addr32;
 
-	__builtin_memcpy(&lo, a, 8);
-	__builtin_memcpy(&hi, a + 8, 8);
-	((__u64 *)dst)[0] = lo;
-	((__u64 *)dst)[1] = hi;
+	((__u64 *)dst)[0] = w[0] | (__u64)w[1] << 32;
+	((__u64 *)dst)[1] = w[2] | (__u64)w[3] << 32;
 }
 
 /* key_ports writes the key's last word: ports, protocol (TCP) and family. */

@@ -1,20 +1,19 @@
-// Command jitlines maps a loaded BPF program's JIT image to its source
-// lines (the program's BTF line info) and, given perf samples, says which
-// lines the program's time goes to: the per-line profile that perf cannot
-// make here, lacking a BPF disassembler.
+// Command jitlines says which source lines of a BPF program its time goes
+// to, from perf samples and the program's BTF line info: the per-line
+// profile that perf cannot make here, lacking a BPF disassembler.
 //
-// While the program runs (a long bench run, say), find its id and record:
+// While the program runs (a long bench run, say), record and attribute:
 //
-//	go run ./bench/jitlines                      # lists loaded XDP programs
-//	perf record -e cpu-clock -a -o /tmp/perf.data -- sleep 5
-//	perf script -i /tmp/perf.data -F ip,sym,symoff > /tmp/samples.txt
-//	go run ./bench/jitlines -id 1234 -samples /tmp/samples.txt
+//	perf record -e cpu-clock -a -o /tmp/perf.data -- sleep 4
+//	perf script -i /tmp/perf.data -F ip,sym > /tmp/samples.txt
+//	go run ./bench/jitlines -samples /tmp/samples.txt
 //
-// Record without -g: each line of perf script's output is then one sample.
-// The bench's variants of bench.c's wrapper are loaded under their own
-// names (bench, bench_rst, bench_new, bench_rst_new: with the undo step,
-// with a new flow per run), since each is compiled differently by the
-// verifier: pick the id of the one the measured path uses.
+// Record without -g: each line of perf script's output is then one sample,
+// its first field the address. Samples are matched to loaded programs by
+// address, not by symbol: the kernel names a program's symbol after its
+// BTF function, so instances of one program loaded with different
+// constants (bench.c's wrappers) share a symbol but not their code.
+// Without -samples, -id N prints program N's line table.
 package main
 
 import (
@@ -32,151 +31,185 @@ import (
 )
 
 func main() {
-	id := flag.Int("id", 0, "program id (0: list loaded XDP programs)")
-	samples := flag.String("samples", "", "perf script -F ip,sym,symoff output to attribute to lines")
-	top := flag.Int("top", 40, "lines to print with -samples")
+	id := flag.Int("id", 0, "program id: print its line table, or with -samples only attribute to it")
+	samples := flag.String("samples", "", "perf script -F ip,sym output to attribute to source lines")
+	top := flag.Int("top", 40, "lines to print per program")
 	flag.Parse()
-	if err := run(*id, *samples, *top); err != nil {
+	if err := run(ebpf.ProgramID(*id), *samples, *top); err != nil {
 		fmt.Fprintln(os.Stderr, "jitlines:", err)
 		os.Exit(1)
 	}
 }
 
-func run(id int, samples string, top int) error {
-	if id == 0 {
-		return list()
-	}
-	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
-	if err != nil {
-		return fmt.Errorf("program %d: %w", id, err)
-	}
-	defer prog.Close()
-	lines, name, err := jitLines(prog)
-	if err != nil {
-		return err
-	}
+func run(id ebpf.ProgramID, samples string, top int) error {
 	if samples == "" {
-		for _, l := range lines {
-			fmt.Printf("%#x %s\n", l.off, l.src)
+		if id == 0 {
+			return errors.New("give -samples, or -id for a line table")
 		}
-		return nil
-	}
-	return attribute(lines, name, samples, top)
-}
-
-// list prints the loaded XDP programs: id, name, tag.
-func list() error {
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
+		p, err := load(id)
 		if err != nil {
 			return err
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
+		for _, l := range p.lines {
+			fmt.Printf("%#x %s\n", l.addr-p.start, l.src)
+		}
+		return nil
+	}
+	var progs []*prog
+	if id != 0 {
+		p, err := load(id)
 		if err != nil {
-			continue // gone meanwhile
+			return err
 		}
-		if info, err := p.Info(); err == nil && p.Type() == ebpf.XDP {
-			fmt.Printf("%d %s %s\n", id, info.Name, info.Tag)
+		progs = append(progs, p)
+	} else {
+		var err error
+		if progs, err = loadAll(); err != nil {
+			return err
 		}
-		p.Close()
+	}
+	if err := count(progs, samples); err != nil {
+		return err
+	}
+	found := false
+	for _, p := range progs {
+		if p.total > 0 {
+			found = true
+			p.print(top)
+		}
+	}
+	if !found {
+		return fmt.Errorf("no sample of %s falls in a loaded program's code", samples)
+	}
+	return nil
+}
+
+// prog is one loaded program's code: where its source lines start.
+type prog struct {
+	id         ebpf.ProgramID
+	name       string
+	start, end uint64 // its JIT image, [start, end)
+	lines      []line // by address
+	counts     map[string]int
+	total      int
+}
+
+// line is where a source line's instructions start.
+type line struct {
+	addr uint64
+	src  string
+}
+
+func loadAll() ([]*prog, error) {
+	var out []*prog
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		id = next
+		if p, err := load(id); err == nil {
+			out = append(out, p)
+		}
 	}
 }
 
-// line is where a source line's instructions start in the JIT image.
-type line struct {
-	off uint64
-	src string
-}
-
-// jitLines pairs the program's line infos with the JIT addresses the
-// kernel reports for them, as offsets into the image.
-func jitLines(prog *ebpf.Program) ([]line, string, error) {
-	info, err := prog.Info()
+// load reads a program's JIT address, size and line infos; the kernel
+// reports each line info's JIT address beside it.
+func load(id ebpf.ProgramID) (*prog, error) {
+	pr, err := ebpf.NewProgramFromID(id)
 	if err != nil {
-		return nil, "", err
+		return nil, fmt.Errorf("program %d: %w", id, err)
+	}
+	defer pr.Close()
+	info, err := pr.Info()
+	if err != nil {
+		return nil, fmt.Errorf("program %d: %w", id, err)
 	}
 	addrs, ok := info.JitedKsymAddrs()
 	if !ok || len(addrs) == 0 {
-		return nil, "", errors.New("no JIT symbol address (is the JIT on?)")
+		return nil, fmt.Errorf("program %d: no JIT address (is the JIT on?)", id)
+	}
+	size, err := info.JitedSize()
+	if err != nil {
+		return nil, fmt.Errorf("program %d: %w", id, err)
 	}
 	jited, ok := info.JitedLineInfos()
 	if !ok {
-		return nil, "", errors.New("no JIT line info")
+		return nil, fmt.Errorf("program %d: no JIT line info", id)
 	}
 	infos, err := info.LineInfos()
 	if err != nil {
-		return nil, "", fmt.Errorf("line info: %w", err)
+		return nil, fmt.Errorf("program %d: line info: %w", id, err)
 	}
 	if len(infos) != len(jited) {
-		return nil, "", fmt.Errorf("%d line infos but %d JIT addresses", len(infos), len(jited))
+		return nil, fmt.Errorf("program %d: %d line infos but %d JIT addresses", id, len(infos), len(jited))
 	}
-	out := make([]line, len(infos))
+	p := &prog{id: id, name: info.Name, start: uint64(addrs[0]), counts: map[string]int{}}
+	p.end = p.start + uint64(size)
 	for i, li := range infos {
-		out[i] = line{
-			off: jited[i] - uint64(addrs[0]),
-			src: fmt.Sprintf("%s:%d %s", li.Line.FileName(), li.Line.LineNumber(), strings.TrimSpace(li.Line.Line())),
-		}
+		p.lines = append(p.lines, line{
+			addr: jited[i],
+			src:  fmt.Sprintf("%s:%d %s", li.Line.FileName(), li.Line.LineNumber(), strings.TrimSpace(li.Line.Line())),
+		})
 	}
-	slices.SortStableFunc(out, func(a, b line) int { return cmp.Compare(a.off, b.off) })
-	return out, info.Name, nil
+	slices.SortStableFunc(p.lines, func(a, b line) int { return cmp.Compare(a.addr, b.addr) })
+	return p, nil
 }
 
-// attribute counts the samples in the program's symbol by the source line
-// whose instructions hold them and prints the top lines.
-func attribute(lines []line, name, path string, top int) error {
+// count attributes each sample to the line of the program whose code
+// holds its address.
+func count(progs []*prog, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	suffix := "_" + name + "+0x"
-	counts := map[string]int{}
-	total := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		for _, field := range strings.Fields(sc.Text()) {
-			i := strings.Index(field, suffix)
-			if !strings.HasPrefix(field, "bpf_prog_") || i < 0 {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		ip, err := strconv.ParseUint(fields[0], 16, 64)
+		if err != nil {
+			continue
+		}
+		for _, p := range progs {
+			if ip < p.start || ip >= p.end {
 				continue
 			}
-			off, err := strconv.ParseUint(field[i+len(suffix):], 16, 64)
-			if err != nil {
-				continue
-			}
-			j, _ := slices.BinarySearchFunc(lines, off+1, func(l line, t uint64) int { return cmp.Compare(l.off, t) })
+			i, _ := slices.BinarySearchFunc(p.lines, ip+1, func(l line, t uint64) int { return cmp.Compare(l.addr, t) })
 			src := "(before the first line)"
-			if j > 0 {
-				src = lines[j-1].src
+			if i > 0 {
+				src = p.lines[i-1].src
 			}
-			counts[src]++
-			total++
+			p.counts[src]++
+			p.total++
+			break
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	if total == 0 {
-		return fmt.Errorf("no samples of a program named %s in %s", name, path)
-	}
+	return sc.Err()
+}
+
+func (p *prog) print(top int) {
 	type row struct {
 		src string
 		n   int
 	}
 	var rows []row
-	for src, n := range counts {
+	for src, n := range p.counts {
 		rows = append(rows, row{src, n})
 	}
 	slices.SortFunc(rows, func(a, b row) int { return cmp.Or(cmp.Compare(b.n, a.n), cmp.Compare(a.src, b.src)) })
-	fmt.Printf("%d samples in %s\n", total, name)
+	fmt.Printf("program %d (%s): %d samples\n", p.id, p.name, p.total)
 	for i, r := range rows {
 		if i == top {
 			break
 		}
-		fmt.Printf("%5.1f%% %s\n", 100*float64(r.n)/float64(total), r.src)
+		fmt.Printf("%5.1f%% %s\n", 100*float64(r.n)/float64(p.total), r.src)
 	}
-	return nil
 }

@@ -230,16 +230,6 @@ func LoadBench(opts BenchOptions) (*Bench, error) {
 			return nil, fmt.Errorf("dataplane: set %s: %w", name, err)
 		}
 	}
-	// Each variant gets its own kernel name, which is perf's symbol for
-	// it: a profile then tells the variants apart (bench/jitlines).
-	name := "bench"
-	if opts.Restore {
-		name += "_rst"
-	}
-	if opts.NewFlows {
-		name += "_new"
-	}
-	spec.Programs[bpf.BenchProgXdpBench].Name = name
 	var seed uint32
 	if err := spec.Variables["hash_seed"].Get(&seed); err != nil {
 		return nil, fmt.Errorf("dataplane: read hash seed: %w", err)
