@@ -379,8 +379,9 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 }
 
 /* fc_slot returns the flow cache entry a flow may occupy. The index is a
- * cheap fold of the key's words (seeded, so clients cannot aim their
- * flows at one slot): a collision only costs a conntrack lookup. */
+ * cheap fold of the key's words: flows that collide (by chance, or made
+ * to by a client) only cost each other a conntrack lookup, never a wrong
+ * node, so a strong hash would be wasted. */
 static __always_inline struct fc_entry *fc_slot(const struct packet *p)
 {
 	const __u32 *w = (const __u32 *)&p->key;
