@@ -13,7 +13,8 @@
 // address, not by symbol: the kernel names a program's symbol after its
 // BTF function, so instances of one program loaded with different
 // constants (bench.c's wrappers) share a symbol but not their code.
-// Without -samples, -id N prints program N's line table.
+// Without -samples, -id N prints program N's line table (JIT address,
+// source line).
 package main
 
 import (
@@ -51,7 +52,7 @@ func run(id ebpf.ProgramID, samples string, top int) error {
 			return err
 		}
 		for _, l := range p.lines {
-			fmt.Printf("%#x %s\n", l.addr-p.start, l.src)
+			fmt.Printf("%#x %s\n", l.addr, l.src)
 		}
 		return nil
 	}
@@ -86,12 +87,24 @@ func run(id ebpf.ProgramID, samples string, top int) error {
 
 // prog is one loaded program's code: where its source lines start.
 type prog struct {
-	id         ebpf.ProgramID
-	name       string
-	start, end uint64 // its JIT image, [start, end)
-	lines      []line // by address
-	counts     map[string]int
-	total      int
+	id     ebpf.ProgramID
+	name   string
+	code   []span // every function's JIT image
+	lines  []line // by address
+	counts map[string]int
+	total  int
+}
+
+// span is one function's JIT image, [start, end).
+type span struct{ start, end uint64 }
+
+func (p *prog) holds(ip uint64) bool {
+	for _, s := range p.code {
+		if ip >= s.start && ip < s.end {
+			return true
+		}
+	}
+	return false
 }
 
 // line is where a source line's instructions start.
@@ -133,9 +146,9 @@ func load(id ebpf.ProgramID) (*prog, error) {
 	if !ok || len(addrs) == 0 {
 		return nil, fmt.Errorf("program %d: no JIT address (is the JIT on?)", id)
 	}
-	size, err := info.JitedSize()
-	if err != nil {
-		return nil, fmt.Errorf("program %d: %w", id, err)
+	lens, ok := info.JitedFuncLens()
+	if !ok || len(lens) != len(addrs) {
+		return nil, fmt.Errorf("program %d: no JIT function lengths", id)
 	}
 	jited, ok := info.JitedLineInfos()
 	if !ok {
@@ -148,8 +161,10 @@ func load(id ebpf.ProgramID) (*prog, error) {
 	if len(infos) != len(jited) {
 		return nil, fmt.Errorf("program %d: %d line infos but %d JIT addresses", id, len(infos), len(jited))
 	}
-	p := &prog{id: id, name: info.Name, start: uint64(addrs[0]), counts: map[string]int{}}
-	p.end = p.start + uint64(size)
+	p := &prog{id: id, name: info.Name, counts: map[string]int{}}
+	for i, a := range addrs {
+		p.code = append(p.code, span{uint64(a), uint64(a) + uint64(lens[i])})
+	}
 	for i, li := range infos {
 		p.lines = append(p.lines, line{
 			addr: jited[i],
@@ -179,7 +194,7 @@ func count(progs []*prog, path string) error {
 			continue
 		}
 		for _, p := range progs {
-			if ip < p.start || ip >= p.end {
+			if !p.holds(ip) {
 				continue
 			}
 			i, _ := slices.BinarySearchFunc(p.lines, ip+1, func(l line, t uint64) int { return cmp.Compare(l.addr, t) })
