@@ -749,9 +749,16 @@ func (e *Env) startVRRP(ctx context.Context) error {
 		if err := e.StartVRRP(lb); err != nil {
 			return err
 		}
+		// The first host is master before the second starts: with
+		// nopreempt, a second host that happened to win the first
+		// election (its keepalived up first on a loaded machine, or the
+		// first host's health script slow once) would keep the VIPs.
+		e.logf("waiting for VRRP: %s should hold %s ...", e.LBs[0].Name, lab.FloatV4.Addr())
+		if err := e.WaitMaster(ctx, e.LBs[0]); err != nil {
+			return err
+		}
 	}
-	e.logf("waiting for VRRP: %s should hold %s ...", e.LBs[0].Name, lab.FloatV4.Addr())
-	return e.WaitMaster(ctx, e.LBs[0])
+	return nil
 }
 
 // StartVRRP starts keepalived (VRRP only) on an LB host.
