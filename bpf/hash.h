@@ -54,6 +54,14 @@ static __always_inline __u32 rol32(__u32 word, unsigned int shift)
 		c -= rol32(b, 24);      \
 	}
 
+/* top_bits spreads a 32-bit fold over its top `bits` bits (Fibonacci
+ * hashing): the index of a small table (the VIP filter, the flow cache).
+ * maps/hash.go's topBits mirrors it. */
+static __always_inline __u32 top_bits(__u32 x, int bits)
+{
+	return (x * 0x9E3779B1u) >> (32 - bits);
+}
+
 /* flow_hash hashes the ten 32-bit words of a flow key (host byte order of
  * the raw bytes). */
 static __always_inline __u32 flow_hash(const struct flow_key *key, __u32 seed)

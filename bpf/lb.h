@@ -290,12 +290,12 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 
 /* vip_filter_bit hashes a destination address (flow_key layout: an IPv4
  * address in the first word, the rest zero) to its VIP filter bit: the
- * 32-bit fold of the address times a large odd constant, top bits. */
+ * top bits of the XOR of its words. */
 static __always_inline __u32 vip_filter_bit(const __u8 *addr)
 {
 	const __u32 *w = (const __u32 *)addr;
 
-	return ((w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u) >> (32 - VIP_FILTER_LOG2);
+	return top_bits(w[0] ^ w[1] ^ w[2] ^ w[3], VIP_FILTER_LOG2);
 }
 
 /* maybe_vip says whether the destination may be a VIP address, with one
@@ -385,10 +385,9 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 static __always_inline struct fc_entry *fc_slot(const struct packet *p)
 {
 	const __u32 *w = (const __u32 *)&p->key;
-	__u32 x, slot;
+	__u32 slot = top_bits(w[0] ^ w[1] ^ w[2] ^ w[3] ^ rol32(w[4] ^ w[5] ^ w[6] ^ w[7], 16) ^ w[8] ^ hash_seed,
+			      FLOW_CACHE_LOG2);
 
-	x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ rol32(w[4] ^ w[5] ^ w[6] ^ w[7], 16) ^ w[8] ^ hash_seed;
-	slot = (x * 0x9E3779B1u) >> (32 - FLOW_CACHE_LOG2);
 	return bpf_map_lookup_elem(&flow_cache, &slot);
 }
 

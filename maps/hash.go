@@ -160,6 +160,10 @@ func ntohs(p uint16) uint16 { return bits.ReverseBytes16(p) }
 func FlowCacheSlot(k FlowKey, seed uint32) uint32 {
 	var w keyWords
 	w.fill(&k)
-	x := w[0] ^ w[1] ^ w[2] ^ w[3] ^ bits.RotateLeft32(w[4]^w[5]^w[6]^w[7], 16) ^ w[8] ^ seed
-	return (x * 0x9E3779B1) >> (32 - FlowCacheLog2)
+	return topBits(w[0]^w[1]^w[2]^w[3]^bits.RotateLeft32(w[4]^w[5]^w[6]^w[7], 16)^w[8]^seed, FlowCacheLog2)
+}
+
+// topBits is bpf/hash.h's top_bits: x times 0x9E3779B1, its top n bits.
+func topBits(x uint32, n int) uint32 {
+	return (x * 0x9E3779B1) >> (32 - n)
 }

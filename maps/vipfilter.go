@@ -10,7 +10,7 @@ import (
 // VIPFilterBit is the bit of the VIP filter that stands for destination
 // address a, as bpf/lb.h's vip_filter_bit computes it: the XOR of the
 // address's four 32-bit words (an IPv4 address is the first word, the
-// rest zero), times 0x9E3779B1, top VIPFilterLog2 bits.
+// rest zero), its top VIPFilterLog2 bits by topBits.
 func VIPFilterBit(a netip.Addr) uint32 {
 	var (
 		k FlowKey
@@ -18,7 +18,7 @@ func VIPFilterBit(a netip.Addr) uint32 {
 	)
 	putAddr(&k.Dst, a)
 	w.fill(&k) // the words as the program reads them; Dst is words 4–7
-	return ((w[4] ^ w[5] ^ w[6] ^ w[7]) * 0x9E3779B1) >> (32 - VIPFilterLog2)
+	return topBits(w[4]^w[5]^w[6]^w[7], VIPFilterLog2)
 }
 
 // syncVIPFilter rebuilds the VIP filter from vip_addrs and stores it with
