@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -235,34 +236,24 @@ func TestFlowCache(t *testing.T) {
 	})
 }
 
-// setConntrackBackend rewrites the backend of a flow's conntrack entry.
+// setConntrackBackend rewrites the backend of a flow's conntrack entry
+// (an IPv4 flow's key as the program writes it: addresses as stored, in
+// little-endian words).
 func setConntrackBackend(t *testing.T, m *maps.Maps, k maps.FlowKey, backend uint32) {
 	t.Helper()
-	var v bpf.BalancerCtEntry
+	ct, key := m.Conntrack6, any(&k)
 	if k.Family == 2 {
-		var k4 bpf.BalancerFlow4Key
-		it := m.Conntrack4.Iterate()
-		for it.Next(&k4, &v) {
-			if [4]byte(k.Src[:4]) == le4(k4.Src) && k4.Sport == k.Sport {
-				v.Backend = backend
-				if err := m.Conntrack4.Put(&k4, &v); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
+		ct, key = m.Conntrack4, &bpf.BalancerFlow4Key{
+			Src: binary.LittleEndian.Uint32(k.Src[:4]), Dst: binary.LittleEndian.Uint32(k.Dst[:4]),
+			Sport: k.Sport, Dport: k.Dport, Proto: k.Proto,
 		}
-		t.Fatalf("no conntrack4 entry for %+v (%v)", k, it.Err())
 	}
-	if err := m.Conntrack6.Lookup(&k, &v); err != nil {
-		t.Fatal(err)
+	var v bpf.BalancerCtEntry
+	if err := ct.Lookup(key, &v); err != nil {
+		t.Fatalf("conntrack entry of %+v: %v", k, err)
 	}
 	v.Backend = backend
-	if err := m.Conntrack6.Put(&k, &v); err != nil {
+	if err := ct.Put(key, &v); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// le4 is the address bytes of a conntrack4 word as the program stored it.
-func le4(w uint32) [4]byte {
-	return [4]byte{byte(w), byte(w >> 8), byte(w >> 16), byte(w >> 24)}
 }
