@@ -8,9 +8,10 @@ package main
 // Through BPF_PROG_RUN with bench.c's "new flow per run" wrapper: run i
 // of a call carries flow seq+i, where seq is bench_seq (the wrapper
 // rewrites the client's port and the low two bytes of its address). A
-// fill inserts F distinct SYNs; the replay then sets bench_seq back and
+// fill inserts F distinct flows by their handshake's ACK (conntrack learns
+// a flow there, not from its SYN); the replay then sets bench_seq back and
 // sends the last W flows again, counting conntrack hits (fwd_established)
-// against misses (fwd_new, which re-insert and evict in turn).
+// against misses (fwd_learned, which re-insert and evict in turn).
 
 import (
 	"fmt"
@@ -47,13 +48,13 @@ type ConntrackRow struct {
 	ReplayNsPkt float64 `json:"replay_ns_per_packet"`
 }
 
-// flowFrame is the SYN of flow seq as bench.c's rewrite makes it.
+// flowFrame is the first ACK of flow seq as bench.c's rewrite makes it.
 func flowFrame(seq uint32) []byte {
 	a := benchClient4.As4()
 	a[2], a[3] = byte(seq>>24), byte(seq>>16)
 	return packet.TCP(packet.TCPSpec{
 		SrcMAC: benchMAC, Src: netipFrom4(a), Dst: benchVIP4, SrcPort: uint16(seq), DstPort: 143,
-		Flags: uint8(packet.FlagSYN), DF: true, Payload: make([]byte, 64),
+		Flags: uint8(packet.FlagACK), DF: true, Payload: make([]byte, 64),
 	})
 }
 
@@ -165,7 +166,7 @@ func conntrackFill(env *progrun.Env, res *ConntrackResult, size uint32, fill flo
 	}
 	row.ReplayNsPkt = replayNs
 	row.Hits = after[maps.StatFwdEstablished] - before[maps.StatFwdEstablished]
-	row.Misses = after[maps.StatFwdNew] - before[maps.StatFwdNew] + after[maps.StatFwdRescheduled] - before[maps.StatFwdRescheduled]
+	row.Misses = after[maps.StatFwdLearned] - before[maps.StatFwdLearned] + after[maps.StatFwdRescheduled] - before[maps.StatFwdRescheduled]
 	if n := row.Hits + row.Misses; n > 0 {
 		row.HitRate = float64(row.Hits) / float64(n)
 	}
@@ -224,7 +225,7 @@ func countEntries(m *ebpf.Map) int {
 func conntrackMarkdown(r *ConntrackResult) string {
 	var b strings.Builder
 	b.WriteString("## Conntrack at 1M flows (BPF_PROG_RUN)\n\n")
-	fmt.Fprintf(&b, "The IPv4 conntrack LRU with %d entries: %.1f MiB as the kernel charges it (`memlock` in fdinfo), %.0f bytes per entry. Per fill level, a fresh table gets F distinct SYNs (bench.c's new-flow-per-run wrapper; the insert cost includes eviction once full, and the wrapper's rewrite), then the most recent %d flows are sent again (both in BPF_PROG_RUN calls of 64Ki packets; the calling thread may move between CPUs between calls, as a NIC's queues spread flows over CPUs): a hit is a conntrack hit (`fwd_established`), a miss is placed anew (`fwd_new`) and evicts in turn. The kernel's LRU evicts approximately (per-CPU free lists, batch shrinking), so a table holding more than the replayed flows may still miss some.\n\n",
+	fmt.Fprintf(&b, "The IPv4 conntrack LRU with %d entries: %.1f MiB as the kernel charges it (`memlock` in fdinfo), %.0f bytes per entry. Per fill level, a fresh table gets the first ACKs of F distinct flows (conntrack learns a flow from its handshake's ACK, not its SYN; bench.c's new-flow-per-run wrapper; the insert cost includes eviction once full, and the wrapper's rewrite), then the most recent %d flows are sent again (both in BPF_PROG_RUN calls of 64Ki packets; the calling thread may move between CPUs between calls, as a NIC's queues spread flows over CPUs): a hit is a conntrack hit (`fwd_established`), a miss is learned anew (`fwd_learned`) and evicts in turn. The kernel's LRU evicts approximately (per-CPU free lists, batch shrinking), so a table holding more than the replayed flows may still miss some.\n\n",
 		r.Size, float64(r.MemlockBytes)/(1<<20), r.BytesPerEntry, r.Size/2)
 	b.WriteString("| flows inserted | fill | insert ns/pkt | entries after | replayed (newest) | hit rate | replay ns/pkt |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range r.Rows {

@@ -305,5 +305,5 @@ func xdpMarkdown(b *strings.Builder, r *Report) {
 		}
 		fmt.Fprintf(b, "| %s | %s | %.1f | %.1f–%.1f | %.1f | %.2f× | %s | %s |\n", name, x.Verdict, x.NsPerPkt, x.NsMin, x.NsMax, x.Baseline, x.Ratio, goal, mark)
 	}
-	b.WriteString("\n\"undo step\": bench.c removes the outer header and restores the L2 header after each run, because the kernel does not restore the frame between repeats; its cost (an adjust_head and a 14-byte copy) is included. \"new flow per run\": bench.c rewrites the client port and address after each run so every run misses conntrack and inserts (evicting once the LRU is full); that rewrite is included too.\n\n")
+	b.WriteString("\n\"undo step\": bench.c removes the outer header and restores the L2 header after each run, because the kernel does not restore the frame between repeats; its cost (an adjust_head and a 14-byte copy) is included. \"new flow per run\": bench.c rewrites the client port and address after each run so every run is a new flow: a SYN is placed by Maglev without touching conntrack, a first ACK misses conntrack and is inserted (evicting once the LRU is full); that rewrite is included too.\n\n")
 }

@@ -157,7 +157,8 @@ const (
 	BalancerStatSTAT_PASS_LOCAL_SOCKET  BalancerStat = 20
 	BalancerStatSTAT_FWD_AFFINITY       BalancerStat = 21
 	BalancerStatSTAT_PASS_PROBE         BalancerStat = 22
-	BalancerStatSTAT_MAX                BalancerStat = 23
+	BalancerStatSTAT_FWD_LEARNED        BalancerStat = 23
+	BalancerStatSTAT_MAX                BalancerStat = 24
 )
 
 type BalancerSvcKey struct {

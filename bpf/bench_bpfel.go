@@ -157,7 +157,8 @@ const (
 	BenchStatSTAT_PASS_LOCAL_SOCKET  BenchStat = 20
 	BenchStatSTAT_FWD_AFFINITY       BenchStat = 21
 	BenchStatSTAT_PASS_PROBE         BenchStat = 22
-	BenchStatSTAT_MAX                BenchStat = 23
+	BenchStatSTAT_FWD_LEARNED        BenchStat = 23
+	BenchStatSTAT_MAX                BenchStat = 24
 )
 
 type BenchSvcKey struct {

@@ -99,6 +99,7 @@ enum stat {
 	STAT_PASS_LOCAL_SOCKET,  /* front-door flow unknown to conntrack, owned by a local socket */
 	STAT_FWD_AFFINITY,       /* new front-door flow sent to an island by client affinity */
 	STAT_PASS_PROBE,         /* new flow of a learned prefix kept on the proxy to verify it */
+	STAT_FWD_LEARNED,        /* non-SYN packet unknown to conntrack (a handshake's ACK), placed by Maglev and remembered */
 	STAT_MAX,
 };
 

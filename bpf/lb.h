@@ -233,7 +233,7 @@ static __always_inline int local_socket(struct xdp_md *ctx, const struct packet 
 static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p, const struct service *svc,
 				      __u32 sid, __u32 gen, struct ct_entry *ct)
 {
-	int syn = p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
+	int syn = is_syn(p);
 	__u32 island, be_id = 0, handoff = STAT_PASS_HANDOFF;
 	struct backend *be;
 	int found, probe = 0;
@@ -314,15 +314,17 @@ static __always_inline int maybe_vip(const struct packet *p)
 }
 
 /* place steers a packet conntrack cannot: no entry, an entry from another
- * generation of its service, or one whose node is DOWN or gone. */
-static __always_inline int place(struct xdp_md *ctx, const struct packet *p, struct ct_entry *ct)
+ * generation of its service, or one whose node is DOWN or gone. svc is
+ * the packet's service when the caller has looked it up already. */
+static __always_inline int place(struct xdp_md *ctx, const struct packet *p, struct service *svc,
+				 struct ct_entry *ct)
 {
 	__u32 sid, gen, be_id = 0, outcome;
 	struct svc_state *st;
-	struct service *svc;
 	struct backend *be;
 
-	svc = lookup_service(p);
+	if (!svc)
+		svc = lookup_service(p);
 	if (!svc) {
 		count(STAT_PASS_NON_VIP);
 		return XDP_PASS;
@@ -356,15 +358,18 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 		count(STAT_DROP_NO_BACKEND);
 		return XDP_DROP;
 	}
-	outcome = ct ? STAT_FWD_RESCHEDULED : STAT_FWD_NEW;
 	if (p->kind == PKT_ICMP_PTB) {
 		/* ICMP errors follow flows; they never create one. */
 		outcome = STAT_ICMP_PTB_FORWARDED;
 	} else if (ct) {
+		outcome = STAT_FWD_RESCHEDULED;
 		ct->backend = be_id;
 		ct->service = sid;
 		ct->gen = gen;
 		ct->flags = 0;
+	} else if (is_syn(p)) {
+		/* Remembered from the handshake's ACK on (see process()). */
+		outcome = STAT_FWD_NEW;
 	} else {
 		struct ct_entry e = {
 			.backend = be_id,
@@ -373,6 +378,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 			.created_ns = bpf_ktime_get_coarse_ns(),
 		};
 
+		outcome = STAT_FWD_LEARNED;
 		ct_insert(p, &e);
 	}
 	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
@@ -417,14 +423,32 @@ static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, 
  * an array read (or one hash lookup); everything else then looks up
  * services. A cached copy that may not forward (its service changed, its
  * node went DOWN) is dropped and conntrack decides, as without a cache;
- * the next packet copies the entry that decision left. */
+ * the next packet copies the entry that decision left.
+ *
+ * A SYN to an island service skips both: Maglev places it, and conntrack
+ * learns the flow from its first packet without SYN (the handshake's
+ * ACK), placed on the same ring. So a SYN costs no conntrack write, and a
+ * SYN flood neither fills conntrack nor evicts the entries of established
+ * flows. (A ring change between a flow's SYN and its ACK moves that one
+ * handshake; its node answers the ACK with a reset.) A front-door SYN
+ * takes the full path: its side, proxy or island, is remembered from the
+ * first packet. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 {
 	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen;
+	struct service *svc = NULL;
 	struct ct_entry *ct = NULL;
 	struct fc_entry *fc;
 	int rc, cached;
 
+	if (is_syn(p)) {
+		if (!maybe_vip(p) || !(svc = lookup_service(p))) {
+			count(STAT_PASS_NON_VIP);
+			return XDP_PASS;
+		}
+		if (svc->route != ROUTE_LOGIN)
+			return place(ctx, p, svc, NULL);
+	}
 	fc = fc_slot(p);
 	cached = fc && fc_hit(fc, p, now);
 	if (cached) {
@@ -439,7 +463,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 		}
 		ct = ct_lookup(p);
 		if (!ct)
-			return place(ctx, p, NULL);
+			return place(ctx, p, svc, NULL);
 		sid = ct->service;
 		be_id = ct->backend;
 		flags = ct->flags;
@@ -455,7 +479,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 		fc->stamp = now - FLOW_CACHE_TTL_JIFFIES;
 		ct = ct_lookup(p);
 	}
-	return place(ctx, p, ct);
+	return place(ctx, p, svc, ct);
 }
 
 static __always_inline int balance(struct xdp_md *ctx)

@@ -77,6 +77,12 @@ struct packet {
 	__u8 df;             /* IPv4 DF bit */
 };
 
+/* is_syn says whether the packet opens a TCP connection (SYN without ACK). */
+static __always_inline int is_syn(const struct packet *p)
+{
+	return p->kind == PKT_TCP && (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
+}
+
 static __always_inline void *pkt_data(struct xdp_md *ctx)
 {
 	return (void *)(long)ctx->data;
@@ -144,6 +150,7 @@ static __always_inline int parse_tcp(struct xdp_md *ctx, struct packet *p)
 	void *data = pkt_data(ctx), *end = pkt_end(ctx);
 	__u32 off = p->l4_off & 0xff;
 	struct tcphdr *th = data + off;
+	__u8 flags;
 
 	if ((void *)(th + 1) > end || off + sizeof(*th) > p->l3_off + p->l3_len)
 		return malformed(p);
@@ -151,7 +158,11 @@ static __always_inline int parse_tcp(struct xdp_md *ctx, struct packet *p)
 		return malformed(p);
 	p->kind = PKT_TCP;
 	key_ports(&p->key, th->source, th->dest);
-	p->tcp_flags = ((__u8 *)th)[13];
+	/* Opaque to clang, so a later test of the flags reads the copy rather
+	 * than the packet through a pointer the verifier no longer bounds. */
+	flags = ((__u8 *)th)[13];
+	asm volatile("" : "+r"(flags));
+	p->tcp_flags = flags;
 	return CONTINUE;
 }
 

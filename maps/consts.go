@@ -146,6 +146,7 @@ const (
 	StatPassLocalSocket  = bpf.BalancerStatSTAT_PASS_LOCAL_SOCKET
 	StatFwdAffinity      = bpf.BalancerStatSTAT_FWD_AFFINITY
 	StatPassProbe        = bpf.BalancerStatSTAT_PASS_PROBE
+	StatFwdLearned       = bpf.BalancerStatSTAT_FWD_LEARNED
 	NumStats             = int(bpf.BalancerStatSTAT_MAX)
 )
 
@@ -174,6 +175,7 @@ var statNames = [NumStats]string{
 	StatPassLocalSocket:  "pass_local_socket",
 	StatFwdAffinity:      "fwd_affinity",
 	StatPassProbe:        "pass_probe",
+	StatFwdLearned:       "fwd_learned",
 }
 
 // StatName returns the snake_case name of a Stat ("fwd_new"), used in

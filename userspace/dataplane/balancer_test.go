@@ -239,11 +239,14 @@ func TestStickyDownDraining(t *testing.T) {
 		n, _ := nodeByMAC(out[0:6])
 		return v, n
 	}
-	// Open 5 flows on each node.
+	// Open 5 flows on each node: SYN, then the handshake's ACK, which
+	// conntrack remembers.
 	for id, ports := range flows {
 		for _, p := range ports[:5] {
-			if v, n := send(p, packet.FlagSYN); v != xdpTX || n.id != id {
-				t.Fatalf("port %d: %s to %s, want node %d", p, verdict(v), n.name, id)
+			for _, flags := range []uint8{packet.FlagSYN, packet.FlagACK} {
+				if v, n := send(p, flags); v != xdpTX || n.id != id {
+					t.Fatalf("port %d flags %#x: %s to %s, want node %d", p, flags, verdict(v), n.name, id)
+				}
 			}
 		}
 	}
@@ -596,8 +599,10 @@ func TestICMPToNode(t *testing.T) {
 			for i, port := range []uint16{20001, 20002, 20003, 20004, 20005, 20006} {
 				want := expectNode(t, table, b.HashSeed, tc.client, port, tc.vip, 143)
 				if i%2 == 0 { // half the flows have a conntrack entry
-					if v, _ := e.run(t, b.Program, packet.TCP(syn(tc.client, port, tc.vip, 143))); v != xdpTX {
-						t.Fatal("SYN not forwarded")
+					ack := syn(tc.client, port, tc.vip, 143)
+					ack.Flags = packet.FlagACK
+					if v, _ := e.run(t, b.Program, packet.TCP(ack)); v != xdpTX {
+						t.Fatal("ACK not forwarded")
 					}
 				}
 				reply := packet.TCP(packet.TCPSpec{Src: tc.vip, Dst: tc.client, SrcPort: 143, DstPort: port, Flags: packet.FlagACK, Payload: make([]byte, 1400), DF: tc.vip.Is4()})
@@ -635,8 +640,12 @@ func TestFlowsAndFlush(t *testing.T) {
 	for i, c := range []netip.Addr{client4, client6} {
 		for port := uint16(7000); port < 7010; port++ {
 			vip := []netip.Addr{vip4, vip6}[i]
-			if v, _ := e.run(t, b.Program, packet.TCP(syn(c, port, vip, 143))); v != xdpTX {
-				t.Fatalf("SYN: %s", verdict(v))
+			s := syn(c, port, vip, 143)
+			for _, flags := range []uint8{packet.FlagSYN, packet.FlagACK} {
+				s.Flags = flags
+				if v, _ := e.run(t, b.Program, packet.TCP(s)); v != xdpTX {
+					t.Fatalf("flags %#x: %s", flags, verdict(v))
+				}
 			}
 			want[netip.AddrPortFrom(c, port)] = expectNode(t, table, b.HashSeed, c, port, vip, 143).id
 		}
@@ -670,4 +679,90 @@ func TestFlowsAndFlush(t *testing.T) {
 	if left, _ := b.Maps.Flows(0); len(left) != 0 {
 		t.Fatalf("%d flows left after flush", len(left))
 	}
+}
+
+// TestSYNStateless: a SYN to an island service is placed by Maglev
+// without touching conntrack (a SYN flood neither fills it nor evicts
+// established flows); the flow's first packet without SYN, the
+// handshake's ACK, reaches the same node and is remembered; later packets
+// are conntrack hits. Service counters count a new flow at each SYN (a
+// retransmitted one too: nothing remembers the first), not at the ACK.
+func TestSYNStateless(t *testing.T) {
+	e := newProgEnv(t)
+	svcs := []maps.Service{svcL2v4, svcL2v6}
+	b := setup(t, e, svcs...)
+	table := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	const flows = 100
+	send := func(client netip.Addr, port uint16, vip netip.Addr, flags uint8) testNode {
+		t.Helper()
+		s := syn(client, port, vip, 143)
+		s.Flags = flags
+		v, out := e.run(t, b.Program, packet.TCP(s))
+		n, _ := nodeByMAC(out[0:6])
+		if v != xdpTX {
+			t.Fatalf("%v:%d flags %#x: %s", client, port, flags, verdict(v))
+		}
+		return n
+	}
+	counted := func(s maps.Stat, before [maps.NumStats]uint64, want uint64) {
+		t.Helper()
+		if got := stat(t, b.Maps, s) - before[s]; got != want {
+			t.Fatalf("%s moved by %d, want %d", maps.StatName(s), got, want)
+		}
+	}
+	for i, client := range []netip.Addr{client4, client6} {
+		vip := []netip.Addr{vip4, vip6}[i]
+		before, err := b.Maps.ReadStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcBefore, _ := b.Maps.ServiceCounters(svcs[i].ID)
+		want := map[uint16]uint32{}
+		for port := uint16(50000); port < 50000+flows; port++ {
+			want[port] = expectNode(t, table, b.HashSeed, client, port, vip, 143).id
+			for range 2 { // a retransmitted SYN goes where the first went
+				if n := send(client, port, vip, packet.FlagSYN); n.id != want[port] {
+					t.Fatalf("SYN %v:%d to %s, want node %d", client, port, n.name, want[port])
+				}
+			}
+		}
+		counted(maps.StatFwdNew, before, 2*flows)
+		if v4, v6, err := b.Maps.CountFlows(); err != nil || v4+v6 != i*flows {
+			t.Fatalf("conntrack holds %d+%d flows after SYNs (%v), want %d", v4, v6, err, i*flows)
+		}
+		for port, id := range want {
+			for range 2 {
+				if n := send(client, port, vip, packet.FlagACK); n.id != id {
+					t.Fatalf("ACK %v:%d to %s, want node %d", client, port, n.name, id)
+				}
+			}
+			if f, ok, err := b.Maps.LookupFlow(flowKey(client, port, vip)); err != nil || !ok || f.Backend != id {
+				t.Fatalf("%v:%d: conntrack %+v %v (%v), want backend %d", client, port, f, ok, err, id)
+			}
+		}
+		counted(maps.StatFwdLearned, before, flows)
+		counted(maps.StatFwdEstablished, before, flows)
+		svcAfter, _ := b.Maps.ServiceCounters(svcs[i].ID)
+		if got := svcAfter.NewFlows - svcBefore.NewFlows; got != 2*flows {
+			t.Fatalf("service new flows moved by %d, want %d (one per SYN)", got, 2*flows)
+		}
+		if got := svcAfter.Packets - svcBefore.Packets; got != 4*flows {
+			t.Fatalf("service packets moved by %d, want %d", got, 4*flows)
+		}
+	}
+	// A ring change between SYN and ACK: the ACK follows the new ring (the
+	// documented cost of not remembering SYNs), and is remembered there.
+	table2 := putNodes(t, b.Maps, false, svcs, 2)
+	for port := uint16(51000); port < 51100; port++ {
+		if expectNode(t, table, b.HashSeed, client4, port, vip4, 143).id == 3 {
+			continue
+		}
+		send(client4, port, vip4, packet.FlagSYN)
+		want := expectNode(t, table2, b.HashSeed, client4, port, vip4, 143)
+		if n := send(client4, port, vip4, packet.FlagACK); n.id != want.id {
+			t.Fatalf("ACK after the ring change to %s, want %s", n.name, want.name)
+		}
+		return
+	}
+	t.Fatal("no flow off node 3 in 100 ports")
 }

@@ -110,12 +110,14 @@ func TestServiceChange(t *testing.T) {
 	}
 	nodes := map[uint16]string{}
 	for port := uint16(100); port < 120; port++ {
-		v, out := send(port, packet.FlagSYN)
-		n, ok := nodeByMAC(out[0:6])
-		if v != xdpTX || !ok {
-			t.Fatalf("SYN %d: %s", port, verdict(v))
+		for _, flags := range []uint8{packet.FlagSYN, packet.FlagACK} { // the handshake
+			v, out := send(port, flags)
+			n, ok := nodeByMAC(out[0:6])
+			if v != xdpTX || !ok || (nodes[port] != "" && nodes[port] != n.name) {
+				t.Fatalf("port %d flags %#x: %s to %s, SYN to %q", port, flags, verdict(v), n.name, nodes[port])
+			}
+			nodes[port] = n.name
 		}
-		nodes[port] = n.name
 	}
 	// Switch the service to ipip and shrink its ring to one node: open
 	// flows keep their nodes (now tunneled), as the ring no longer says.

@@ -65,20 +65,20 @@ func TestFlowCache(t *testing.T) {
 	table := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
 	c := cacheProbe{t: t, e: e, b: b}
 
-	// open sends a flow's SYN and first ACK, checks both reach the
-	// predicted node and the ACK left a copy, and returns the node.
+	// open sends a flow's SYN and two ACKs, checks all reach the
+	// predicted node, that the first ACK (which conntrack learns) left no
+	// copy and the second (a conntrack hit) did, and returns the node.
 	open := func(client netip.Addr, port uint16, vip netip.Addr) testNode {
 		t.Helper()
 		want := expectNode(t, table, b.HashSeed, client, port, vip, 143)
 		k := flowKey(client, port, vip)
-		if v, n := c.send(client, port, vip, packet.FlagSYN); v != xdpTX || n.id != want.id {
-			t.Fatalf("SYN %v:%d: %s to %s, want %s", client, port, verdict(v), n.name, want.name)
-		}
-		if got := c.slot(k); got.Key == k {
-			t.Fatalf("flow %v:%d cached by its SYN", client, port)
-		}
-		if v, n := c.send(client, port, vip, packet.FlagACK); v != xdpTX || n.id != want.id {
-			t.Fatalf("ACK %v:%d: %s to %s, want %s", client, port, verdict(v), n.name, want.name)
+		for i, flags := range []uint8{packet.FlagSYN, packet.FlagACK, packet.FlagACK} {
+			if v, n := c.send(client, port, vip, flags); v != xdpTX || n.id != want.id {
+				t.Fatalf("packet %d of %v:%d: %s to %s, want %s", i, client, port, verdict(v), n.name, want.name)
+			}
+			if got := c.slot(k); i < 2 && got.Key == k {
+				t.Fatalf("flow %v:%d cached by its packet %d", client, port, i)
+			}
 		}
 		got := c.slot(k)
 		if got.Key != k || got.Backend != want.id || got.Flags != 0 {
@@ -145,12 +145,12 @@ func TestFlowCache(t *testing.T) {
 				}
 			}
 		}
-		before := stat(t, b.Maps, maps.StatFwdNew)
+		before := stat(t, b.Maps, maps.StatFwdLearned)
 		if v, _ := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX {
 			t.Fatalf("ACK after flush: %s", verdict(v))
 		}
-		if got := stat(t, b.Maps, maps.StatFwdNew); got != before+1 {
-			t.Fatalf("fwd_new moved by %d after the flush, want 1 (placed anew, not from a copy)", got-before)
+		if got := stat(t, b.Maps, maps.StatFwdLearned); got != before+1 {
+			t.Fatalf("fwd_learned moved by %d after the flush, want 1 (learned anew, not from a copy)", got-before)
 		}
 	})
 
