@@ -9,14 +9,23 @@
 #include "nexthop.h"
 #include "encap.h"
 
+/* lookup_service finds the packet's service. Its key is written in the
+ * words the kernel's jhash reads (see flow4_of): the flow key's
+ * destination, then its last word shifted past the source port, which
+ * gives port, protocol and family in svc_key's order. */
+_Static_assert(__builtin_offsetof(struct flow_key, dst) == 16 && __builtin_offsetof(struct flow_key, dport) == 34 &&
+		       __builtin_offsetof(struct flow_key, family) == 37 && __builtin_offsetof(struct svc_key, port) == 16 &&
+		       __builtin_offsetof(struct svc_key, family) == 19 && sizeof(struct svc_key) == 20,
+	       "lookup_service copies flow_key words into svc_key");
+
 static __always_inline struct service *lookup_service(const struct packet *p)
 {
-	struct svc_key k = {};
+	struct svc_key k __attribute__((aligned(8)));
+	const __u64 *w = (const __u64 *)&p->key;
 
-	__builtin_memcpy(k.addr, p->key.dst, sizeof(k.addr));
-	k.port = p->key.dport;
-	k.proto = p->key.proto;
-	k.family = p->key.family;
+	((__u64 *)&k)[0] = w[2];
+	((__u64 *)&k)[1] = w[3];
+	((__u32 *)&k)[4] = w[4] >> 16;
 	return bpf_map_lookup_elem(&services, &k);
 }
 
@@ -87,7 +96,7 @@ static __always_inline struct backend *maglev_pick(const struct packet *p, const
 	size = bpf_map_lookup_elem(ring, &k);
 	if (!size || *size == 0)
 		return NULL;
-	idx = flow_hash(&p->key, hash_seed) % *size + 1;
+	idx = ring_index(flow_hash(&p->key, hash_seed), *size) + 1;
 	id = bpf_map_lookup_elem(ring, &idx);
 	if (!id)
 		return NULL;

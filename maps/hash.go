@@ -46,63 +46,35 @@ func (w *keyWords) fill(k *FlowKey) {
 // keyWords is a flow key seen as the hash's input words.
 type keyWords [10]uint32
 
-const jhashInitval = 0xdeadbeef
-
-func jhashMix(a, b, c uint32) (uint32, uint32, uint32) {
-	a -= c
-	a ^= bits.RotateLeft32(c, 4)
-	c += b
-	b -= a
-	b ^= bits.RotateLeft32(a, 6)
-	a += c
-	c -= b
-	c ^= bits.RotateLeft32(b, 8)
-	b += a
-	a -= c
-	a ^= bits.RotateLeft32(c, 16)
-	c += b
-	b -= a
-	b ^= bits.RotateLeft32(a, 19)
-	a += c
-	c -= b
-	c ^= bits.RotateLeft32(b, 4)
-	b += a
-	return a, b, c
+// fhStep is bpf/hash.h's fh_step: absorb one 64-bit word.
+func fhStep(h, w uint64) uint64 {
+	h = (h ^ w) * 0x9E3779B97F4A7C15
+	return h ^ h>>32
 }
 
-func jhashFinal(a, b, c uint32) uint32 {
-	c ^= b
-	c -= bits.RotateLeft32(b, 14)
-	a ^= c
-	a -= bits.RotateLeft32(c, 11)
-	b ^= a
-	b -= bits.RotateLeft32(a, 25)
-	c ^= b
-	c -= bits.RotateLeft32(b, 16)
-	a ^= c
-	a -= bits.RotateLeft32(c, 4)
-	b ^= a
-	b -= bits.RotateLeft32(a, 14)
-	c ^= b
-	c -= bits.RotateLeft32(b, 24)
-	return c
-}
-
-// FlowHash is bpf/hash.h's flow_hash: lookup3 (jhash2) over the key's ten
-// words. The data plane indexes a ring with FlowHash % size.
+// FlowHash is bpf/hash.h's flow_hash: the key's five 64-bit words in two
+// multiply chains joined by MurmurHash3's finalizer, top 32 bits. The
+// data plane indexes a ring with RingIndex(FlowHash, size).
 func FlowHash(k FlowKey, seed uint32) uint32 {
 	var w keyWords
 	w.fill(&k)
-	a := uint32(jhashInitval) + 10<<2 + seed
-	b, c := a, a
-	for i := 0; i < 9; i += 3 {
-		a += w[i]
-		b += w[i+1]
-		c += w[i+2]
-		a, b, c = jhashMix(a, b, c)
-	}
-	a += w[9]
-	return jhashFinal(a, b, c)
+	word := func(i int) uint64 { return uint64(w[2*i]) | uint64(w[2*i+1])<<32 }
+	a, b := fhStep(uint64(seed), word(0)), fhStep(^uint64(seed), word(1))
+	a = fhStep(a, word(2))
+	b = fhStep(b, word(3))
+	a = fhStep(a, word(4)) ^ b
+	a ^= a >> 33
+	a *= 0xff51afd7ed558ccd
+	a ^= a >> 33
+	a *= 0xc4ceb9fe1a85ec53
+	a ^= a >> 33
+	return uint32(a >> 32)
+}
+
+// RingIndex is bpf/hash.h's ring_index: the hash's slot in a ring of
+// size entries (multiply-shift, no division).
+func RingIndex(hash uint32, size int) int {
+	return int(uint64(hash) * uint64(size) >> 32)
 }
 
 // PickFromTable returns the backend id the data plane picks for a flow
@@ -111,7 +83,7 @@ func PickFromTable(table []uint32, k FlowKey, seed uint32) (uint32, bool) {
 	if len(table) == 0 {
 		return 0, false
 	}
-	return table[FlowHash(k, seed)%uint32(len(table))], true
+	return table[RingIndex(FlowHash(k, seed), len(table))], true
 }
 
 // FlowLabel is bpf/encap.h's flow_label: the 20-bit IPv6 flow label of
