@@ -175,6 +175,11 @@ func checkMailbox(m string) error {
 		if strings.Contains(local, `"`) {
 			return errors.New("stray quote in local part")
 		}
+		// '@' is no atext (RFC 5321 4.1.2): only a quoted local part may
+		// hold one (and "<@@x>" would read back as a source route).
+		if strings.Contains(local, "@") {
+			return errors.New("'@' in an unquoted local part")
+		}
 		return nil
 	}
 	// A quoted local part is one quoted string: its closing quote ends it.

@@ -69,7 +69,9 @@ func TestParseMailArg(t *testing.T) {
 		{in: "TO:<u@>", prefix: "TO:", bad: true},
 		{in: "TO:<@x.test>", prefix: "TO:", bad: true},
 		{in: "TO:<@r.test:>", prefix: "TO:", bad: true},
-		{in: `TO:<@":">`, prefix: "TO:", bad: true},        // the ':' is quoted: no route, and no mailbox
+		{in: `TO:<@":">`, prefix: "TO:", bad: true},  // the ':' is quoted: no route, and no mailbox
+		{in: "TO:<@:@@0>", prefix: "TO:", bad: true}, // '@' in an unquoted local part (found by FuzzParseMailArg)
+		{in: "TO:<a@b@x.test>", prefix: "TO:", bad: true},
 		{in: `TO:<"a"b@x.test>`, prefix: "TO:", bad: true}, // text after the quoted string
 		{in: `TO:<"a@x.test>`, prefix: "TO:", bad: true},   // unterminated quoted string
 		{in: `TO:<"a\"@x.test>`, prefix: "TO:", bad: true}, // the closing quote is escaped
