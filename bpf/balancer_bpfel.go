@@ -196,7 +196,9 @@ const (
 	BalancerMapFlowCache    = "flow_cache"
 	BalancerMapNames        = "names"
 	BalancerMapNhCache      = "nh_cache"
+	BalancerMapRingGrace    = "ring_grace"
 	BalancerMapRings        = "rings"
+	BalancerMapRingsPrev    = "rings_prev"
 	BalancerMapServiceState = "service_state"
 	BalancerMapServiceStats = "service_stats"
 	BalancerMapServices     = "services"
@@ -266,7 +268,9 @@ type BalancerMapSpecs struct {
 	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
+	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev    *ebpf.MapSpec `ebpf:"rings_prev"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -312,7 +316,9 @@ type BalancerMaps struct {
 	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
+	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	RingsPrev    *ebpf.Map `ebpf:"rings_prev"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -333,7 +339,9 @@ func (m *BalancerMaps) Close() error {
 		m.FlowCache,
 		m.Names,
 		m.NhCache,
+		m.RingGrace,
 		m.Rings,
+		m.RingsPrev,
 		m.ServiceState,
 		m.ServiceStats,
 		m.Services,

@@ -197,7 +197,9 @@ const (
 	BenchMapFlowCache     = "flow_cache"
 	BenchMapNames         = "names"
 	BenchMapNhCache       = "nh_cache"
+	BenchMapRingGrace     = "ring_grace"
 	BenchMapRings         = "rings"
+	BenchMapRingsPrev     = "rings_prev"
 	BenchMapServiceState  = "service_state"
 	BenchMapServiceStats  = "service_stats"
 	BenchMapServices      = "services"
@@ -272,7 +274,9 @@ type BenchMapSpecs struct {
 	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
+	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev    *ebpf.MapSpec `ebpf:"rings_prev"`
 	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -321,7 +325,9 @@ type BenchMaps struct {
 	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
+	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	RingsPrev    *ebpf.Map `ebpf:"rings_prev"`
 	ServiceState *ebpf.Map `ebpf:"service_state"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -343,7 +349,9 @@ func (m *BenchMaps) Close() error {
 		m.FlowCache,
 		m.Names,
 		m.NhCache,
+		m.RingGrace,
 		m.Rings,
+		m.RingsPrev,
 		m.ServiceState,
 		m.ServiceStats,
 		m.Services,

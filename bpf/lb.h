@@ -78,19 +78,14 @@ static __always_inline int usable(const struct backend *be)
 	return be && (be->state == BE_UP || be->state == BE_DRAINING);
 }
 
-/* maglev_pick returns the backend the (service, island) ring gives this
- * flow, or NULL when there is no ring or no live node in it. */
-static __always_inline struct backend *maglev_pick(const struct packet *p, const struct service *svc, __u32 island,
-						   __u32 *be_id)
+/* ring_pick returns the backend a ring gives this flow, or NULL when
+ * there is no ring or its pick is not UP (nor DRAINING, if draining_ok:
+ * a flow that began on a node being drained stays there). */
+static __always_inline struct backend *ring_pick(void *ring, const struct packet *p, __u32 *be_id, int draining_ok)
 {
-	__u32 slot, k = RING_SIZE_SLOT, idx, *size, *id;
+	__u32 k = RING_SIZE_SLOT, idx, *size, *id;
 	struct backend *be;
-	void *ring;
 
-	if (svc->id >= MAX_SERVICES || island >= MAX_ISLANDS)
-		return NULL;
-	slot = svc->id * MAX_ISLANDS + island;
-	ring = bpf_map_lookup_elem(&rings, &slot);
 	if (!ring)
 		return NULL;
 	size = bpf_map_lookup_elem(ring, &k);
@@ -102,9 +97,43 @@ static __always_inline struct backend *maglev_pick(const struct packet *p, const
 		return NULL;
 	*be_id = *id;
 	be = bpf_map_lookup_elem(&backends, id);
-	if (!be || be->state != BE_UP)
+	if (!be || !(be->state == BE_UP || (draining_ok && be->state == BE_DRAINING)))
 		return NULL;
 	return be;
+}
+
+/* ring_slot is the rings index of (service, island), or MAX_RINGS. */
+static __always_inline __u32 ring_slot(const struct service *svc, __u32 island)
+{
+	if (svc->id >= MAX_SERVICES || island >= MAX_ISLANDS)
+		return MAX_RINGS;
+	return svc->id * MAX_ISLANDS + island;
+}
+
+/* maglev_pick returns the backend the (service, island) ring gives this
+ * flow, or NULL when there is no ring or no live node in it. */
+static __always_inline struct backend *maglev_pick(const struct packet *p, const struct service *svc, __u32 island,
+						   __u32 *be_id)
+{
+	__u32 slot = ring_slot(svc, island);
+
+	return ring_pick(bpf_map_lookup_elem(&rings, &slot), p, be_id, 0);
+}
+
+/* ring_recent says whether the slot's ring changed less than
+ * maps.RingGrace ago. The first packet to find the deadline past clears
+ * it (unless the control plane has just set a new one), so later ones
+ * skip the clock. */
+static __always_inline int ring_recent(__u32 slot)
+{
+	__u64 *until = bpf_map_lookup_elem(&ring_grace, &slot), t;
+
+	if (!until || !(t = *until))
+		return 0;
+	if (bpf_ktime_get_coarse_ns() < t)
+		return 1;
+	__sync_val_compare_and_swap(until, t, 0);
+	return 0;
 }
 
 static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, __u8 fwd, const struct backend *be,
@@ -328,9 +357,10 @@ static __always_inline int maybe_vip(const struct packet *p)
 static __always_inline int place(struct xdp_md *ctx, const struct packet *p, struct service *svc,
 				 struct ct_entry *ct)
 {
-	__u32 sid, gen, be_id = 0, outcome;
+	__u32 sid, gen, be_id = 0, outcome, slot;
 	struct svc_state *st;
 	struct backend *be;
+	int recent;
 
 	if (!svc)
 		svc = lookup_service(p);
@@ -362,7 +392,21 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 
 	if (svc->route == ROUTE_LOGIN)
 		return login_miss(ctx, p, svc, sid, gen, ct);
-	be = maglev_pick(p, svc, svc->island, &be_id);
+
+	/* A SYN leaves no state (see process()): right after its ring changed,
+	 * a flow's ACK may follow a SYN placed on the ring before. For a
+	 * while after each change, SYNs are remembered, and an ACK that
+	 * conntrack does not know goes where the previous ring sends it, if
+	 * that node is UP or DRAINING: the flow began under that ring, or
+	 * began unseen (another LB host, an eviction) and most likely under
+	 * it too. */
+	slot = ring_slot(svc, svc->island);
+	recent = !ct && p->kind == PKT_TCP && ring_recent(slot);
+	be = NULL;
+	if (recent && !is_syn(p))
+		be = ring_pick(bpf_map_lookup_elem(&rings_prev, &slot), p, &be_id, 1);
+	if (!be)
+		be = ring_pick(bpf_map_lookup_elem(&rings, &slot), p, &be_id, 0);
 	if (!be) {
 		count(STAT_DROP_NO_BACKEND);
 		return XDP_DROP;
@@ -376,8 +420,8 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 		ct->service = sid;
 		ct->gen = gen;
 		ct->flags = 0;
-	} else if (is_syn(p)) {
-		/* Remembered from the handshake's ACK on (see process()). */
+	} else if (is_syn(p) && !recent) {
+		/* Remembered from the handshake's ACK on. */
 		outcome = STAT_FWD_NEW;
 	} else {
 		struct ct_entry e = {
@@ -387,7 +431,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 			.created_ns = bpf_ktime_get_coarse_ns(),
 		};
 
-		outcome = STAT_FWD_LEARNED;
+		outcome = is_syn(p) ? STAT_FWD_NEW : STAT_FWD_LEARNED;
 		ct_insert(p, &e);
 	}
 	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
@@ -438,8 +482,8 @@ static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, 
  * learns the flow from its first packet without SYN (the handshake's
  * ACK), placed on the same ring. So a SYN costs no conntrack write, and a
  * SYN flood neither fills conntrack nor evicts the entries of established
- * flows. (A ring change between a flow's SYN and its ACK moves that one
- * handshake; its node answers the ACK with a reset.) A front-door SYN
+ * flows. (For a while after a ring changes, SYNs are remembered and
+ * unknown ACKs follow the previous ring: see place().) A front-door SYN
  * takes the full path: its side, proxy or island, is remembered from the
  * first packet. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *p)

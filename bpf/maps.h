@@ -64,6 +64,23 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
+/* The ring each slot held before its last change, and until when
+ * (CLOCK_MONOTONIC ns; 0: past) that change counts as recent. maps.SetRing
+ * writes both before switching `rings`; see place() for their use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_RINGS);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings_prev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_RINGS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ring_grace SEC(".maps");
+
 /* Connection tracking, one LRU per family (smaller IPv4 keys hash faster). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -22,6 +22,8 @@ func TestConstsMatchObject(t *testing.T) {
 		MapVIPFilter:    1,
 		MapBackends:     MaxBackends,
 		MapRings:        MaxRings,
+		MapRingsPrev:    MaxRings,
+		MapRingGrace:    MaxRings,
 		MapConntrack4:   DefaultConntrackSize,
 		MapConntrack6:   DefaultConntrackSize,
 		MapNextHops:     MaxBackends,

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -29,6 +30,8 @@ const (
 	MapVIPFilter    = "vip_filter"
 	MapBackends     = "backends"
 	MapRings        = "rings"
+	MapRingsPrev    = "rings_prev"
+	MapRingGrace    = "ring_grace"
 	MapConntrack4   = "conntrack4"
 	MapConntrack6   = "conntrack6"
 	MapNextHops     = "nh_cache"
@@ -83,6 +86,8 @@ type Maps struct {
 	VIPFilter    *ebpf.Map // a bit per hashed VIP address, rebuilt from VIPAddrs
 	Backends     *ebpf.Map
 	Rings        *ebpf.Map
+	RingsPrev    *ebpf.Map // per ring slot: the ring before its last change
+	RingGraceEnd *ebpf.Map // per ring slot: until when that change is recent (CLOCK_MONOTONIC ns)
 	Conntrack4   *ebpf.Map // IPv4 flows, keyed by bpf.BalancerFlow4Key
 	Conntrack6   *ebpf.Map // IPv6 flows, keyed by FlowKey
 	NextHops     *ebpf.Map
@@ -95,8 +100,18 @@ type Maps struct {
 	Affinity4    *ebpf.Map // client IPv4 prefix -> island (front door)
 	Affinity6    *ebpf.Map // client IPv6 prefix -> island (front door)
 
+	// RingGrace is how long a ring change counts as recent (zero:
+	// DefaultRingGrace): meanwhile the data plane remembers SYNs placed on
+	// the new ring and sends the ACKs it does not know where the previous
+	// ring did, so handshakes begun before the change keep their node.
+	RingGrace time.Duration
+
 	mu sync.Mutex
 }
+
+// DefaultRingGrace covers a handshake's round trip and a few of its
+// retransmissions.
+const DefaultRingGrace = 5 * time.Second
 
 // New takes the maps of a loaded balancer or benchmark collection, brings
 // the VIP filter in line with vip_addrs (pinned state from an earlier
@@ -113,6 +128,8 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapVIPFilter:    &m.VIPFilter,
 		MapBackends:     &m.Backends,
 		MapRings:        &m.Rings,
+		MapRingsPrev:    &m.RingsPrev,
+		MapRingGrace:    &m.RingGraceEnd,
 		MapConntrack4:   &m.Conntrack4,
 		MapConntrack6:   &m.Conntrack6,
 		MapNextHops:     &m.NextHops,
@@ -412,6 +429,9 @@ func (m *Maps) SetRing(serviceID, island uint32, table []uint32) error {
 			return fmt.Errorf("maps: ring (%d, %d) entry %d: backend id %d out of range", serviceID, island, i, id)
 		}
 	}
+	if err := m.keepPreviousRing(slot); err != nil {
+		return fmt.Errorf("maps: ring (%d, %d): %w", serviceID, island, err)
+	}
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "ring",
 		Type:       ebpf.Array,
@@ -441,10 +461,51 @@ func (m *Maps) SetRing(serviceID, island uint32, table []uint32) error {
 	return nil
 }
 
-// ClearRing removes the ring of (service, island).
+// keepPreviousRing makes the slot's current ring, if any, its previous
+// ring, recent for RingGrace from now. Both are written before the new
+// ring is switched in: until then the "previous" ring is the current one.
+func (m *Maps) keepPreviousRing(slot uint32) error {
+	var id ebpf.MapID
+	if err := m.Rings.Lookup(slot, &id); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read current ring: %w", err)
+	}
+	cur, err := ebpf.NewMapFromID(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // replaced or removed meanwhile
+	} else if err != nil {
+		return fmt.Errorf("open current ring: %w", err)
+	}
+	defer cur.Close()
+	if err := m.RingsPrev.Put(slot, cur); err != nil {
+		return fmt.Errorf("keep previous ring: %w", err)
+	}
+	grace := m.RingGrace
+	if grace == 0 {
+		grace = DefaultRingGrace
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return fmt.Errorf("clock: %w", err)
+	}
+	if err := m.RingGraceEnd.Put(slot, uint64(ts.Nano()+grace.Nanoseconds())); err != nil {
+		return fmt.Errorf("set ring grace: %w", err)
+	}
+	return nil
+}
+
+// ClearRing removes the ring of (service, island), and its previous one.
 func (m *Maps) ClearRing(serviceID, island uint32) error {
-	if err := m.Rings.Delete(RingSlot(serviceID, island)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	slot := RingSlot(serviceID, island)
+	if err := m.Rings.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("maps: clear ring (%d, %d): %w", serviceID, island, err)
+	}
+	if err := m.RingGraceEnd.Put(slot, uint64(0)); err != nil {
+		return fmt.Errorf("maps: clear ring (%d, %d) grace: %w", serviceID, island, err)
+	}
+	if err := m.RingsPrev.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("maps: clear ring (%d, %d) previous: %w", serviceID, island, err)
 	}
 	return nil
 }

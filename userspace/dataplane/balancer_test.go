@@ -2,9 +2,14 @@ package dataplane_test
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/atoll-lb/atoll/bpf/packet"
 	"github.com/atoll-lb/atoll/maps"
@@ -750,19 +755,122 @@ func TestSYNStateless(t *testing.T) {
 			t.Fatalf("service packets moved by %d, want %d", got, 4*flows)
 		}
 	}
-	// A ring change between SYN and ACK: the ACK follows the new ring (the
-	// documented cost of not remembering SYNs), and is remembered there.
-	table2 := putNodes(t, b.Maps, false, svcs, 2)
-	for port := uint16(51000); port < 51100; port++ {
-		if expectNode(t, table, b.HashSeed, client4, port, vip4, 143).id == 3 {
-			continue
+}
+
+// TestRingChangeHandshake: for maps.RingGrace after a ring change, an ACK
+// that conntrack does not know goes where the previous ring sent its SYN
+// (if that node is UP or DRAINING, not DOWN), and SYNs placed on the new ring are
+// remembered at once; once the grace is over, the data plane clears it
+// and SYNs leave no state again.
+func TestRingChangeHandshake(t *testing.T) {
+	e := newProgEnv(t)
+	svcs := []maps.Service{svcL2v4}
+	b := setup(t, e, svcs...)
+	old := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	slot := maps.RingSlot(svcL2v4.ID, svcL2v4.Island)
+	send := func(port uint16, flags uint8) testNode {
+		t.Helper()
+		s := syn(client4, port, vip4, 143)
+		s.Flags = flags
+		v, out := e.run(t, b.Program, packet.TCP(s))
+		n, _ := nodeByMAC(out[0:6])
+		if v != xdpTX {
+			t.Fatalf("port %d flags %#x: %s", port, flags, verdict(v))
 		}
-		send(client4, port, vip4, packet.FlagSYN)
-		want := expectNode(t, table2, b.HashSeed, client4, port, vip4, 143)
-		if n := send(client4, port, vip4, packet.FlagACK); n.id != want.id {
-			t.Fatalf("ACK after the ring change to %s, want %s", n.name, want.name)
-		}
-		return
+		return n
 	}
-	t.Fatal("no flow off node 3 in 100 ports")
+	flows := func() int {
+		t.Helper()
+		v4, _, err := b.Maps.CountFlows()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v4
+	}
+	// Three handshakes begun on the old ring, one per node.
+	port := map[uint32]uint16{}
+	for p := uint16(52000); len(port) < 3; p++ {
+		if id := expectNode(t, old, b.HashSeed, client4, p, vip4, 143).id; port[id] == 0 {
+			port[id] = p
+			if n := send(p, packet.FlagSYN); n.id != id {
+				t.Fatalf("SYN %d to %s, want node %d", p, n.name, id)
+			}
+		}
+	}
+	if n := flows(); n != 0 {
+		t.Fatalf("%d flows after SYNs outside a grace, want 0", n)
+	}
+	// The ring changes to node 1 alone: node 2 goes DOWN, node 3 drains.
+	putNodes(t, b.Maps, false, svcs, 0)
+	if err := b.Maps.SetBackendState(2, maps.StateDown); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Maps.SetBackendState(3, maps.StateDraining); err != nil {
+		t.Fatal(err)
+	}
+	before := stat(t, b.Maps, maps.StatFwdLearned)
+	for _, id := range []uint32{1, 3} {
+		if n := send(port[id], packet.FlagACK); n.id != id {
+			t.Fatalf("ACK of a handshake begun on node %d went to %s after the ring change", id, n.name)
+		}
+	}
+	if f, ok, err := b.Maps.LookupFlow(flowKey(client4, port[1], vip4)); err != nil || !ok || f.Backend != 1 {
+		t.Fatalf("flow of node 1: conntrack %+v %v (%v)", f, ok, err)
+	}
+	if n := send(port[2], packet.FlagACK); n.id != 1 {
+		t.Fatalf("ACK of a handshake begun on DOWN node 2 went to %s, want node-a1", n.name)
+	}
+	if got := stat(t, b.Maps, maps.StatFwdLearned); got != before+3 {
+		t.Fatalf("fwd_learned moved by %d, want 3", got-before)
+	}
+	// A SYN within the grace is remembered on the new ring.
+	fresh := uint16(53000)
+	if n := send(fresh, packet.FlagSYN); n.id != 1 {
+		t.Fatalf("SYN after the change to %s, want node-a1", n.name)
+	}
+	if f, ok, err := b.Maps.LookupFlow(flowKey(client4, fresh, vip4)); err != nil || !ok || f.Backend != 1 {
+		t.Fatalf("SYN within the grace: conntrack %+v %v (%v), want node 1", f, ok, err)
+	}
+
+	// A short grace: once past, the first SYN clears it and leaves no state.
+	for _, id := range []uint32{2, 3} {
+		if err := b.Maps.SetBackendState(id, maps.StateUp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Maps.RingGrace = 20 * time.Millisecond
+	cur := putNodes(t, b.Maps, false, svcs, 0, 1, 2)
+	var end uint64
+	if err := b.Maps.RingGraceEnd.Lookup(slot, &end); err != nil || end == 0 {
+		t.Fatalf("grace end %d (%v) after a ring change", end, err)
+	}
+	for {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if uint64(ts.Nano()) > end {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	n0 := flows()
+	later := uint16(54000)
+	if n := send(later, packet.FlagSYN); n.id != expectNode(t, cur, b.HashSeed, client4, later, vip4, 143).id {
+		t.Fatalf("SYN after the grace to %s", n.name)
+	}
+	if n := flows(); n != n0 {
+		t.Fatalf("a SYN after the grace left %d flows, had %d", n, n0)
+	}
+	if err := b.Maps.RingGraceEnd.Lookup(slot, &end); err != nil || end != 0 {
+		t.Fatalf("grace end %d (%v) once past, want it cleared", end, err)
+	}
+	// ClearRing drops the previous ring too.
+	if err := b.Maps.ClearRing(svcL2v4.ID, svcL2v4.Island); err != nil {
+		t.Fatal(err)
+	}
+	var id uint32
+	if err := b.Maps.RingsPrev.Lookup(slot, &id); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("previous ring after ClearRing: %d (%v), want none", id, err)
+	}
 }
