@@ -104,7 +104,13 @@ func (e *progEnv) run(t testing.TB, prog *ebpf.Program, frame []byte) (uint32, [
 // services, each with a ring over every UP node.
 func setup(t testing.TB, e *progEnv, svcs ...maps.Service) *dataplane.Balancer {
 	t.Helper()
-	b, err := dataplane.LoadBalancer(dataplane.Options{ConntrackSize: 1 << 16})
+	return setupSized(t, e, 1<<16, svcs...)
+}
+
+// setupSized is setup with a conntrack of ctSize entries per family.
+func setupSized(t testing.TB, e *progEnv, ctSize uint32, svcs ...maps.Service) *dataplane.Balancer {
+	t.Helper()
+	b, err := dataplane.LoadBalancer(dataplane.Options{ConntrackSize: ctSize})
 	if err != nil {
 		t.Fatal(err)
 	}
