@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/atoll-lb/atoll/bpf/packet"
 	"github.com/atoll-lb/atoll/maps"
 	"github.com/atoll-lb/atoll/userspace/dataplane"
 	"github.com/atoll-lb/atoll/userspace/dataplane/progrun"
@@ -98,6 +99,21 @@ func (e *progEnv) run(t testing.TB, prog *ebpf.Program, frame []byte) (uint32, [
 		t.Fatal(err)
 	}
 	return v, out
+}
+
+// forwardTCP runs one TCP segment client:port → vip:143 with the given
+// flags and returns the node it went to, failing the test unless it was
+// forwarded (XDP_TX).
+func (e *progEnv) forwardTCP(t testing.TB, prog *ebpf.Program, client netip.Addr, port uint16, vip netip.Addr, flags uint8) testNode {
+	t.Helper()
+	s := syn(client, port, vip, 143)
+	s.Flags = flags
+	v, out := e.run(t, prog, packet.TCP(s))
+	if v != xdpTX {
+		t.Fatalf("%v:%d flags %#x: %s", client, port, flags, verdict(v))
+	}
+	n, _ := nodeByMAC(out[0:6])
+	return n
 }
 
 // setup loads a balancer with the test nodes as backends and the given
