@@ -33,7 +33,7 @@ type BalancerBackend struct {
 	Addr   [16]uint8
 	Family uint8
 	State  uint8
-	Flags  uint16
+	Epoch  uint16
 	Island uint32
 }
 

@@ -185,10 +185,12 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
 
 /* established forwards a packet of a flow conntrack knows (the fields of
  * its entry, or of the flow cache's copy), without the services lookup,
- * while its service is unchanged (same generation) and its node usable.
+ * while its service is unchanged (same generation) and its node usable —
+ * for a copy, also without having been unusable since (same epoch; a
+ * conntrack entry passes EPOCH_ANY).
  * Otherwise the packet takes the full path (CONTINUE). */
 static __always_inline int established(struct xdp_md *ctx, const struct packet *p, __u32 sid, __u32 be_id,
-				       __u32 flags, __u32 gen)
+				       __u32 flags, __u32 gen, __u32 epoch)
 {
 	struct svc_state *st;
 	struct backend *be;
@@ -201,7 +203,7 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 	if (!st || st->gen != gen)
 		return CONTINUE;
 	be = bpf_map_lookup_elem(&backends, &be_id);
-	if (!usable(be))
+	if (!usable(be) || (epoch != EPOCH_ANY && epoch != (be->epoch & 0xff)))
 		return CONTINUE;
 	return account(p, forward(ctx, p, st->fwd, be, be_id),
 		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
@@ -462,12 +464,18 @@ static __always_inline int fc_hit(const struct fc_entry *e, const struct packet 
 	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
 }
 
+/* fc_fill copies a conntrack entry with its backend's epoch: a node that
+ * goes DOWN and comes back within the copy's life bumps the epoch, so the
+ * copies of flows re-placed meanwhile (maybe on another CPU) go stale. */
 static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct, __u32 now)
 {
+	__u32 be_id = ct->backend;
+	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
+
 	__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
 	e->backend = ct->backend;
 	e->service = ct->service;
-	e->flags = ct->flags;
+	e->flags = (ct->flags & 0xff) | (be ? (be->epoch & 0xff) << 8 : 0);
 	e->gen = ct->gen;
 	e->stamp = now;
 }
@@ -489,7 +497,7 @@ static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, 
  * first packet. */
 static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct service **svc, struct ct_entry **ct)
 {
-	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen;
+	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen, epoch;
 	struct fc_entry *fc;
 	int rc, cached;
 
@@ -510,7 +518,8 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 	if (cached) {
 		sid = fc->service;
 		be_id = fc->backend;
-		flags = fc->flags;
+		flags = fc->flags & 0xff;
+		epoch = fc->flags >> 8;
 		gen = fc->gen;
 	} else {
 		if (!maybe_vip(p)) {
@@ -524,8 +533,9 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		be_id = (*ct)->backend;
 		flags = (*ct)->flags;
 		gen = (*ct)->gen;
+		epoch = EPOCH_ANY;
 	}
-	rc = established(ctx, p, sid, be_id, flags, gen);
+	rc = established(ctx, p, sid, be_id, flags, gen, epoch);
 	if (rc != CONTINUE) {
 		if (!cached && fc)
 			fc_fill(fc, p, *ct, now);

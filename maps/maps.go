@@ -365,10 +365,33 @@ func (m *Maps) PutBackend(b Backend) error {
 	v.Family = family(b.Addr)
 	v.State = uint8(b.State)
 	v.Island = b.Island
+	epoch, err := m.nextEpoch(b.ID, b.State)
+	if err != nil {
+		return err
+	}
+	v.Epoch = epoch
 	if err := m.Backends.Put(b.ID, &v); err != nil {
 		return fmt.Errorf("maps: put backend %d (%v): %w", b.ID, b.Addr, err)
 	}
 	return nil
+}
+
+// nextEpoch is the epoch backend id gets with state s: one more than its
+// current one when it stops being usable (UP or DRAINING before, DOWN or
+// unused now). The data plane's flow cache keeps the epoch with each copy
+// and drops copies of another epoch: a node that goes DOWN and returns
+// within a copy's life must not get back the flows re-placed meanwhile,
+// which another CPU's copy still sends it.
+func (m *Maps) nextEpoch(id uint32, s BackendState) (uint16, error) {
+	var old bpf.BalancerBackend
+	if err := m.Backends.Lookup(id, &old); err != nil {
+		return 0, fmt.Errorf("maps: read backend %d: %w", id, err)
+	}
+	usable := func(st BackendState) bool { return st == StateUp || st == StateDraining }
+	if usable(BackendState(old.State)) && !usable(s) {
+		return old.Epoch + 1, nil
+	}
+	return old.Epoch, nil
 }
 
 // Backend reads a backend slot.
@@ -401,6 +424,11 @@ func (m *Maps) SetBackendState(id uint32, s BackendState) error {
 // re-placed on their next packet.
 func (m *Maps) DeleteBackend(id uint32) error {
 	var v bpf.BalancerBackend
+	epoch, err := m.nextEpoch(id, StateUnused)
+	if err != nil {
+		return err
+	}
+	v.Epoch = epoch
 	if err := m.Backends.Put(id, &v); err != nil {
 		return fmt.Errorf("maps: delete backend %d: %w", id, err)
 	}

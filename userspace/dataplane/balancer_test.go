@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/atoll-lb/atoll/bpf"
 	"github.com/atoll-lb/atoll/bpf/packet"
 	"github.com/atoll-lb/atoll/maps"
 )
@@ -237,17 +238,13 @@ func TestStickyDownDraining(t *testing.T) {
 		n := expectNode(t, table, b.HashSeed, client4, port, vip4, 143)
 		flows[n.id] = append(flows[n.id], port)
 	}
-	// On one CPU, as a NIC's receive hashing keeps a flow: another CPU's
-	// flow cache may hold a copy made before the flow was re-placed, which
-	// would send it to its old node once that node is back UP, for the
-	// copy's last few jiffies (docs/architecture.md, the flow cache).
+	// On any CPU: the test thread moves between CPUs, so a flow's copies
+	// in two CPUs' flow caches meet a node going DOWN and returning (a
+	// fresh-clone CI run caught a stale copy here before backend epochs).
 	send := func(port uint16, flags uint8) (uint32, testNode) {
 		s := syn(client4, port, vip4, 143)
 		s.Flags = flags
-		v, out, err := e.RunOn(0, b.Program, packet.TCP(s))
-		if err != nil {
-			t.Fatal(err)
-		}
+		v, out := e.run(t, b.Program, packet.TCP(s))
 		n, _ := nodeByMAC(out[0:6])
 		return v, n
 	}
@@ -900,6 +897,47 @@ func TestSYNFlood(t *testing.T) {
 	for port := uint16(20000); port < 20000+established; port++ {
 		if _, ok, err := b.Maps.LookupFlow(flowKey(client4, port, vip4)); err != nil || !ok {
 			t.Fatalf("flow %d lost in the flood (%v)", port, err)
+		}
+	}
+}
+
+// TestBackendEpoch: a backend's epoch moves by one each time it stops
+// being usable (UP or DRAINING → DOWN, or deleted), and only then.
+func TestBackendEpoch(t *testing.T) {
+	e := newProgEnv(t)
+	b := setup(t, e)
+	putNodes(t, b.Maps, false, nil, 0)
+	epoch := func() uint16 {
+		t.Helper()
+		var v bpf.BalancerBackend
+		if err := b.Maps.Backends.Lookup(uint32(1), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v.Epoch
+	}
+	want := epoch()
+	for _, step := range []struct {
+		state maps.BackendState
+		bump  bool
+	}{
+		{maps.StateDraining, false}, {maps.StateUp, false}, {maps.StateDown, true}, {maps.StateDown, false},
+		{maps.StateDraining, false}, {maps.StateDown, true}, {maps.StateUp, false}, {maps.StateUnused, true},
+		{maps.StateUp, false},
+	} {
+		var err error
+		if step.state == maps.StateUnused {
+			err = b.Maps.DeleteBackend(1)
+		} else {
+			err = b.Maps.PutBackend(maps.Backend{ID: 1, Addr: testNodes[0].v4, State: step.state})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if step.bump {
+			want++
+		}
+		if got := epoch(); got != want {
+			t.Fatalf("after %v: epoch %d, want %d", step.state, got, want)
 		}
 	}
 }
