@@ -97,7 +97,7 @@ static __always_inline struct backend *ring_pick(void *ring, const struct packet
 		return NULL;
 	*be_id = *id;
 	be = bpf_map_lookup_elem(&backends, id);
-	if (!be || !(be->state == BE_UP || (draining_ok && be->state == BE_DRAINING)))
+	if (draining_ok ? !usable(be) : !be || be->state != BE_UP)
 		return NULL;
 	return be;
 }
@@ -187,10 +187,11 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
  * its entry, or of the flow cache's copy), without the services lookup,
  * while its service is unchanged (same generation) and its node usable —
  * for a copy, also without having been unusable since (same epoch; a
- * conntrack entry passes EPOCH_ANY).
+ * conntrack entry passes EPOCH_ANY). *seen gets the node's epoch, for
+ * fc_fill.
  * Otherwise the packet takes the full path (CONTINUE). */
 static __always_inline int established(struct xdp_md *ctx, const struct packet *p, __u32 sid, __u32 be_id,
-				       __u32 flags, __u32 gen, __u32 epoch)
+				       __u32 flags, __u32 gen, __u32 epoch, __u32 *seen)
 {
 	struct svc_state *st;
 	struct backend *be;
@@ -203,7 +204,10 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 	if (!st || st->gen != gen)
 		return CONTINUE;
 	be = bpf_map_lookup_elem(&backends, &be_id);
-	if (!usable(be) || (epoch != EPOCH_ANY && epoch != (be->epoch & 0xff)))
+	if (!usable(be))
+		return CONTINUE;
+	*seen = be->epoch & 0xff;
+	if (epoch != EPOCH_ANY && epoch != *seen)
 		return CONTINUE;
 	return account(p, forward(ctx, p, st->fwd, be, be_id),
 		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
@@ -467,15 +471,13 @@ static __always_inline int fc_hit(const struct fc_entry *e, const struct packet 
 /* fc_fill copies a conntrack entry with its backend's epoch: a node that
  * goes DOWN and comes back within the copy's life bumps the epoch, so the
  * copies of flows re-placed meanwhile (maybe on another CPU) go stale. */
-static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct, __u32 now)
+static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct,
+				    __u32 epoch, __u32 now)
 {
-	__u32 be_id = ct->backend;
-	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
-
 	__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
 	e->backend = ct->backend;
 	e->service = ct->service;
-	e->flags = (ct->flags & 0xff) | (be ? (be->epoch & 0xff) << 8 : 0);
+	e->flags = (ct->flags & 0xff) | epoch << 8;
 	e->gen = ct->gen;
 	e->stamp = now;
 }
@@ -497,7 +499,7 @@ static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, 
  * first packet. */
 static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct service **svc, struct ct_entry **ct)
 {
-	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen, epoch;
+	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen, epoch, seen = 0;
 	struct fc_entry *fc;
 	int rc, cached;
 
@@ -535,10 +537,10 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		gen = (*ct)->gen;
 		epoch = EPOCH_ANY;
 	}
-	rc = established(ctx, p, sid, be_id, flags, gen, epoch);
+	rc = established(ctx, p, sid, be_id, flags, gen, epoch, &seen);
 	if (rc != CONTINUE) {
 		if (!cached && fc)
-			fc_fill(fc, p, *ct, now);
+			fc_fill(fc, p, *ct, seen, now);
 		return rc;
 	}
 	if (cached) {

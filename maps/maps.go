@@ -493,17 +493,9 @@ func (m *Maps) SetRing(serviceID, island uint32, table []uint32) error {
 // ring, recent for RingGrace from now. Both are written before the new
 // ring is switched in: until then the "previous" ring is the current one.
 func (m *Maps) keepPreviousRing(slot uint32) error {
-	var id ebpf.MapID
-	if err := m.Rings.Lookup(slot, &id); errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil
-	} else if err != nil {
-		return fmt.Errorf("read current ring: %w", err)
-	}
-	cur, err := ebpf.NewMapFromID(id)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // replaced or removed meanwhile
-	} else if err != nil {
-		return fmt.Errorf("open current ring: %w", err)
+	cur, err := m.currentRing(slot)
+	if err != nil || cur == nil {
+		return err
 	}
 	defer cur.Close()
 	if err := m.RingsPrev.Put(slot, cur); err != nil {
@@ -523,6 +515,24 @@ func (m *Maps) keepPreviousRing(slot uint32) error {
 	return nil
 }
 
+// currentRing opens the inner map the slot holds now, or returns nil if
+// it holds none (or the ring was replaced between lookup and open).
+func (m *Maps) currentRing(slot uint32) (*ebpf.Map, error) {
+	var id ebpf.MapID
+	if err := m.Rings.Lookup(slot, &id); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("maps: ring slot %d: %w", slot, err)
+	}
+	inner, err := ebpf.NewMapFromID(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("maps: open ring slot %d: %w", slot, err)
+	}
+	return inner, nil
+}
+
 // ClearRing removes the ring of (service, island), and its previous one.
 func (m *Maps) ClearRing(serviceID, island uint32) error {
 	slot := RingSlot(serviceID, island)
@@ -540,16 +550,9 @@ func (m *Maps) ClearRing(serviceID, island uint32) error {
 
 // Ring reads back the table of (service, island); nil if there is none.
 func (m *Maps) Ring(serviceID, island uint32) ([]uint32, error) {
-	var innerID ebpf.MapID
-	if err := m.Rings.Lookup(RingSlot(serviceID, island), &innerID); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("maps: ring (%d, %d): %w", serviceID, island, err)
-	}
-	inner, err := ebpf.NewMapFromID(innerID)
-	if err != nil {
-		return nil, fmt.Errorf("maps: open ring (%d, %d): %w", serviceID, island, err)
+	inner, err := m.currentRing(RingSlot(serviceID, island))
+	if err != nil || inner == nil {
+		return nil, err
 	}
 	defer inner.Close()
 	var size uint32

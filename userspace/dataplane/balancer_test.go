@@ -875,21 +875,14 @@ func TestSYNFlood(t *testing.T) {
 	putNodes(t, b.Maps, false, svcs, 0, 1, 2)
 	const established = 100
 	for port := uint16(20000); port < 20000+established; port++ {
-		s := syn(client4, port, vip4, 143)
 		for _, flags := range []uint8{packet.FlagSYN, packet.FlagACK} {
-			s.Flags = flags
-			if v, _ := e.run(t, b.Program, packet.TCP(s)); v != xdpTX {
-				t.Fatalf("port %d flags %#x: %s", port, flags, verdict(v))
-			}
+			e.forwardTCP(t, b.Program, client4, port, vip4, flags)
 		}
 	}
 	size := int(b.Maps.Conntrack4.MaxEntries())
 	for i := range 2 * size {
 		src := netip.AddrFrom4([4]byte{198, 51, byte(i >> 16), byte(i >> 8)})
-		s := syn(src, uint16(1024+i%256), vip4, 143)
-		if v, _ := e.run(t, b.Program, packet.TCP(s)); v != xdpTX {
-			t.Fatalf("flood SYN %d: %s", i, verdict(v))
-		}
+		e.forwardTCP(t, b.Program, src, uint16(1024+i%256), vip4, packet.FlagSYN)
 	}
 	if v4, _, err := b.Maps.CountFlows(); err != nil || v4 != established {
 		t.Fatalf("conntrack holds %d flows after the flood (%v), want the %d established", v4, err, established)
