@@ -33,7 +33,7 @@ type BalancerBackend struct {
 	Addr   [16]uint8
 	Family uint8
 	State  uint8
-	Epoch  uint16
+	Pad    uint16
 	Island uint32
 }
 
@@ -194,6 +194,7 @@ const (
 	BalancerMapConntrack4   = "conntrack4"
 	BalancerMapConntrack6   = "conntrack6"
 	BalancerMapFlowCache    = "flow_cache"
+	BalancerMapFlowCacheGen = "flow_cache_gen"
 	BalancerMapNames        = "names"
 	BalancerMapNhCache      = "nh_cache"
 	BalancerMapRingGrace    = "ring_grace"
@@ -266,6 +267,7 @@ type BalancerMapSpecs struct {
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
 	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowCacheGen *ebpf.MapSpec `ebpf:"flow_cache_gen"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
@@ -314,6 +316,7 @@ type BalancerMaps struct {
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
 	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
+	FlowCacheGen *ebpf.Map `ebpf:"flow_cache_gen"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
@@ -337,6 +340,7 @@ func (m *BalancerMaps) Close() error {
 		m.Conntrack4,
 		m.Conntrack6,
 		m.FlowCache,
+		m.FlowCacheGen,
 		m.Names,
 		m.NhCache,
 		m.RingGrace,

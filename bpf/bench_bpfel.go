@@ -33,7 +33,7 @@ type BenchBackend struct {
 	Addr   [16]uint8
 	Family uint8
 	State  uint8
-	Epoch  uint16
+	Pad    uint16
 	Island uint32
 }
 
@@ -195,6 +195,7 @@ const (
 	BenchMapConntrack4    = "conntrack4"
 	BenchMapConntrack6    = "conntrack6"
 	BenchMapFlowCache     = "flow_cache"
+	BenchMapFlowCacheGen  = "flow_cache_gen"
 	BenchMapNames         = "names"
 	BenchMapNhCache       = "nh_cache"
 	BenchMapRingGrace     = "ring_grace"
@@ -272,6 +273,7 @@ type BenchMapSpecs struct {
 	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
 	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowCacheGen *ebpf.MapSpec `ebpf:"flow_cache_gen"`
 	Names        *ebpf.MapSpec `ebpf:"names"`
 	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
 	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
@@ -323,6 +325,7 @@ type BenchMaps struct {
 	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
 	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
 	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
+	FlowCacheGen *ebpf.Map `ebpf:"flow_cache_gen"`
 	Names        *ebpf.Map `ebpf:"names"`
 	NhCache      *ebpf.Map `ebpf:"nh_cache"`
 	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
@@ -347,6 +350,7 @@ func (m *BenchMaps) Close() error {
 		m.Conntrack4,
 		m.Conntrack6,
 		m.FlowCache,
+		m.FlowCacheGen,
 		m.Names,
 		m.NhCache,
 		m.RingGrace,

@@ -40,8 +40,6 @@
 #define FLOW_CACHE_LOG2 12
 #define FLOW_CACHE_SIZE (1 << FLOW_CACHE_LOG2)
 #define FLOW_CACHE_TTL_JIFFIES 16
-/* established()'s epoch for a conntrack entry: conntrack itself is never stale. */
-#define EPOCH_ANY 0x100
 
 /* Address families, as in the kernel (AF_INET, AF_INET6). */
 #define FAMILY_V4 2

@@ -147,6 +147,10 @@ static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, _
 		return XDP_DROP;
 
 	if (fwd == FWD_IPIP) {
+		if (!be)
+			be = bpf_map_lookup_elem(&backends, &be_id);
+		if (!be)
+			return XDP_DROP;
 		rc = encap(ctx, p, be, nh);
 		if (rc != CONTINUE)
 			return rc;
@@ -183,33 +187,33 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
 	return rc;
 }
 
-/* established forwards a packet of a flow conntrack knows (the fields of
- * its entry, or of the flow cache's copy), without the services lookup,
- * while its service is unchanged (same generation) and its node usable —
- * for a copy, also without having been unusable since (same epoch; a
- * conntrack entry passes EPOCH_ANY). *seen gets the node's epoch, for
- * fc_fill.
+/* established forwards a packet of a flow conntrack knows, without the
+ * services lookup. From a conntrack entry (fwd NULL), while its service
+ * is unchanged (same generation) and its node usable; *fwd gets the
+ * service's forwarding mode, for fc_fill. From a flow cache copy of the
+ * current flow cache generation (*fwd its mode), without those checks:
+ * nothing they read has changed since the copy was made.
  * Otherwise the packet takes the full path (CONTINUE). */
 static __always_inline int established(struct xdp_md *ctx, const struct packet *p, __u32 sid, __u32 be_id,
-				       __u32 flags, __u32 gen, __u32 epoch, __u32 *seen)
+				       __u32 flags, __u32 gen, int copy, __u8 *fwd)
 {
 	struct svc_state *st;
-	struct backend *be;
+	struct backend *be = NULL;
 
 	if (flags & CT_F_LOCAL) {
 		count(STAT_PASS_LOCAL);
 		return XDP_PASS;
 	}
-	st = bpf_map_lookup_elem(&service_state, &sid);
-	if (!st || st->gen != gen)
-		return CONTINUE;
-	be = bpf_map_lookup_elem(&backends, &be_id);
-	if (!usable(be))
-		return CONTINUE;
-	*seen = be->epoch & 0xff;
-	if (epoch != EPOCH_ANY && epoch != *seen)
-		return CONTINUE;
-	return account(p, forward(ctx, p, st->fwd, be, be_id),
+	if (!copy) {
+		st = bpf_map_lookup_elem(&service_state, &sid);
+		if (!st || st->gen != gen)
+			return CONTINUE;
+		be = bpf_map_lookup_elem(&backends, &be_id);
+		if (!usable(be))
+			return CONTINUE;
+		*fwd = st->fwd;
+	}
+	return account(p, forward(ctx, p, *fwd, be, be_id),
 		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
 }
 
@@ -457,51 +461,62 @@ static __always_inline struct fc_entry *fc_slot(const struct packet *p)
 }
 
 /* fc_hit says whether the entry is a fresh copy of this flow's conntrack
- * entry. The key's words are compared as parse() wrote them (see
- * key_addr4). */
-static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now)
+ * entry, of the current generation. The key's words are compared as
+ * parse() wrote them (see key_addr4). */
+static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now, __u32 gen)
 {
 	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)&p->key;
 
 	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
 		return 0;
-	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
+	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES && e->gen == gen;
 }
 
-/* fc_fill copies a conntrack entry with its backend's epoch: a node that
- * goes DOWN and comes back within the copy's life bumps the epoch, so the
- * copies of flows re-placed meanwhile (maybe on another CPU) go stale. */
+/* fc_fill copies a conntrack entry that established() just forwarded
+ * with, with its service's forwarding mode and the generation read
+ * before conntrack was: a write to the maps after that read makes the
+ * copy stale. */
 static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct,
-				    __u32 epoch, __u32 now)
+				    __u8 fwd, __u32 gen, __u32 now)
 {
 	__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
 	e->backend = ct->backend;
 	e->service = ct->service;
-	e->flags = (ct->flags & 0xff) | epoch << 8;
-	e->gen = ct->gen;
+	e->flags = (ct->flags & 0xff) | fwd << 8;
+	e->gen = gen;
 	e->stamp = now;
+}
+
+/* fc_generation reads the flow cache's generation, before anything a
+ * copy is made from (the barrier keeps it first). */
+static __always_inline __u32 fc_generation(void)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&flow_cache_gen, &zero), gen = g ? *g : 0;
+
+	asm volatile("" : "+r"(gen)::"memory");
+	return gen;
 }
 
 /* track: the flow cache, then conntrack, so an established flow costs
  * an array read (or one hash lookup); everything else then looks up
- * services. A cached copy that may not forward (its service changed, its
- * node went DOWN) is dropped and conntrack decides, as without a cache;
- * the next packet copies the entry that decision left.
+ * services. A copy of an older generation is ignored and conntrack
+ * decides, as without a cache; the next packet copies the entry that
+ * decision left.
  *
  * A SYN to an island service skips the flow cache and conntrack: Maglev
- * places it, and conntrack
- * learns the flow from its first packet without SYN (the handshake's
- * ACK), placed on the same ring. So a SYN costs no conntrack write, and a
- * SYN flood neither fills conntrack nor evicts the entries of established
- * flows. (For a while after a ring changes, SYNs are remembered and
- * unknown ACKs follow the previous ring: see place().) A front-door SYN
- * takes the full path: its side, proxy or island, is remembered from the
- * first packet. */
+ * places it, and conntrack learns the flow from its first packet without
+ * SYN (the handshake's ACK), placed on the same ring. So a SYN costs no
+ * conntrack write, and a SYN flood neither fills conntrack nor evicts the
+ * entries of established flows. (For a while after a ring changes, SYNs
+ * are remembered and unknown ACKs follow the previous ring: see place().)
+ * A front-door SYN takes the full path: its side, proxy or island, is
+ * remembered from the first packet. */
 static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct service **svc, struct ct_entry **ct)
 {
-	__u32 now = bpf_jiffies64(), sid, be_id, flags, gen, epoch, seen = 0;
+	__u32 now = bpf_jiffies64(), gen = fc_generation(), sid, be_id, flags, ct_gen;
 	struct fc_entry *fc;
-	int rc, cached;
+	__u8 fwd = 0;
+	int rc, copy;
 
 	/* The SYN test sits between the slot's address and its read: a SYN
 	 * skips the read (a likely cache miss for a new flow), and the
@@ -516,13 +531,13 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		if ((*svc)->route != ROUTE_LOGIN)
 			return CONTINUE;
 	}
-	cached = fc && fc_hit(fc, p, now);
-	if (cached) {
+	copy = fc && fc_hit(fc, p, now, gen);
+	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;
 		flags = fc->flags & 0xff;
-		epoch = fc->flags >> 8;
-		gen = fc->gen;
+		fwd = fc->flags >> 8;
+		ct_gen = 0;
 	} else {
 		if (!maybe_vip(p)) {
 			count(STAT_PASS_NON_VIP);
@@ -534,20 +549,14 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		sid = (*ct)->service;
 		be_id = (*ct)->backend;
 		flags = (*ct)->flags;
-		gen = (*ct)->gen;
-		epoch = EPOCH_ANY;
+		ct_gen = (*ct)->gen;
 	}
-	rc = established(ctx, p, sid, be_id, flags, gen, epoch, &seen);
-	if (rc != CONTINUE) {
-		if (!cached && fc)
-			fc_fill(fc, p, *ct, seen, now);
-		return rc;
-	}
-	if (cached) {
-		fc->stamp = now - FLOW_CACHE_TTL_JIFFIES;
-		*ct = ct_lookup(p);
-	}
-	return CONTINUE;
+	/* A copy always forwards: nothing established() checks has changed
+	 * since it was made. */
+	rc = established(ctx, p, sid, be_id, flags, ct_gen, copy, &fwd);
+	if (rc != CONTINUE && !copy && fc)
+		fc_fill(fc, p, *ct, fwd, gen, now);
+	return rc;
 }
 
 /* process: track, then place what tracking could not forward — from one

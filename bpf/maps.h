@@ -129,6 +129,16 @@ struct {
 	__type(value, struct fc_entry);
 } flow_cache SEC(".maps");
 
+/* The flow cache's generation: the maps API bumps it after every write
+ * that can change where an established flow goes (a service, a backend),
+ * so a copy made before such a write is stale on every CPU at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_cache_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

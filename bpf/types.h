@@ -48,8 +48,8 @@ struct addr_key {
 struct backend {
 	__u8 addr[16];
 	__u8 family;
-	__u8 state;  /* BE_* */
-	__u16 epoch; /* bumped by maps.PutBackend/DeleteBackend whenever the node stops being usable */
+	__u8 state; /* BE_* */
+	__u16 pad;
 	__u32 island;
 };
 
@@ -100,8 +100,8 @@ struct fc_entry {
 	struct flow_key key; /* all zero: empty (no real key has family 0) */
 	__u32 backend;
 	__u16 service;
-	__u16 flags; /* the entry's CT_F_* (low byte) and its backend's epoch (high byte) */
-	__u32 gen;
+	__u16 flags; /* the entry's CT_F_* (low byte) and its service's FWD_* (high byte) */
+	__u32 gen;   /* flow_cache_gen when copied */
 	__u32 stamp; /* low 32 bits of jiffies when copied from conntrack */
 };
 

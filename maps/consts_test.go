@@ -28,6 +28,7 @@ func TestConstsMatchObject(t *testing.T) {
 		MapConntrack6:   DefaultConntrackSize,
 		MapNextHops:     MaxBackends,
 		MapFlowCache:    FlowCacheSize,
+		MapFlowCacheGen: 1,
 		MapStats:        uint32(NumStats),
 		MapServiceStats: MaxServices,
 		MapBackendStats: MaxBackends,

@@ -36,6 +36,7 @@ const (
 	MapConntrack6   = "conntrack6"
 	MapNextHops     = "nh_cache"
 	MapFlowCache    = "flow_cache"
+	MapFlowCacheGen = "flow_cache_gen"
 	MapConfig       = "config"
 	MapStats        = "stats"
 	MapServiceStats = "service_stats"
@@ -92,6 +93,7 @@ type Maps struct {
 	Conntrack6   *ebpf.Map // IPv6 flows, keyed by FlowKey
 	NextHops     *ebpf.Map
 	FlowCache    *ebpf.Map // per CPU: copies of busy flows' conntrack entries
+	FlowCacheGen *ebpf.Map // one u32: copies made under another value are stale
 	Config       *ebpf.Map
 	Stats        *ebpf.Map
 	ServiceStats *ebpf.Map
@@ -106,7 +108,8 @@ type Maps struct {
 	// ring did, so handshakes begun before the change keep their node.
 	RingGrace time.Duration
 
-	mu sync.Mutex
+	mu    sync.Mutex
+	genMu sync.Mutex // orders bumpFlowCacheGen's read and write
 }
 
 // DefaultRingGrace covers a handshake's round trip and a few of its
@@ -134,6 +137,7 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		MapConntrack6:   &m.Conntrack6,
 		MapNextHops:     &m.NextHops,
 		MapFlowCache:    &m.FlowCache,
+		MapFlowCacheGen: &m.FlowCacheGen,
 		MapConfig:       &m.Config,
 		MapStats:        &m.Stats,
 		MapServiceStats: &m.ServiceStats,
@@ -265,7 +269,8 @@ func (m *Maps) PutService(s Service) error {
 }
 
 // bumpState gives service id a new generation, with the forwarding and
-// routing modes of val, or as "no service" when val is nil.
+// routing modes of val, or as "no service" when val is nil, and makes the
+// flow cache's copies stale.
 func (m *Maps) bumpState(id uint32, val *bpf.BalancerService) error {
 	var st bpf.BalancerSvcState
 	if err := m.ServiceState.Lookup(id, &st); err != nil {
@@ -281,7 +286,37 @@ func (m *Maps) bumpState(id uint32, val *bpf.BalancerService) error {
 	if err := m.ServiceState.Put(id, &next); err != nil {
 		return fmt.Errorf("maps: service %d state: %w", id, err)
 	}
+	return m.bumpFlowCacheGen()
+}
+
+// bumpFlowCacheGen makes every CPU's flow cache copies stale at once. It
+// follows each write that can change where an established flow goes (a
+// service's state, a backend): a copy is used without the checks a
+// conntrack entry gets (service generation, node state, next-hop
+// address), and the data plane reads the generation before what it
+// copies, so a copy made while a write was going on carries the older
+// generation. The next packet of each flow then asks conntrack, whose
+// checks see the write, and copies the result.
+func (m *Maps) bumpFlowCacheGen() error {
+	m.genMu.Lock()
+	defer m.genMu.Unlock()
+	var gen uint32
+	if err := m.FlowCacheGen.Lookup(uint32(0), &gen); err != nil {
+		return fmt.Errorf("maps: flow cache generation: %w", err)
+	}
+	if err := m.FlowCacheGen.Put(uint32(0), gen+1); err != nil {
+		return fmt.Errorf("maps: flow cache generation: %w", err)
+	}
 	return nil
+}
+
+// FlowCacheGeneration reads the flow cache's generation.
+func (m *Maps) FlowCacheGeneration() (uint32, error) {
+	var gen uint32
+	if err := m.FlowCacheGen.Lookup(uint32(0), &gen); err != nil {
+		return 0, fmt.Errorf("maps: flow cache generation: %w", err)
+	}
+	return gen, nil
 }
 
 // DeleteService removes a service; removing a missing one is not an error.
@@ -365,33 +400,17 @@ func (m *Maps) PutBackend(b Backend) error {
 	v.Family = family(b.Addr)
 	v.State = uint8(b.State)
 	v.Island = b.Island
-	epoch, err := m.nextEpoch(b.ID, b.State)
-	if err != nil {
-		return err
+	var old bpf.BalancerBackend
+	if err := m.Backends.Lookup(b.ID, &old); err != nil {
+		return fmt.Errorf("maps: read backend %d: %w", b.ID, err)
 	}
-	v.Epoch = epoch
+	if old == v {
+		return nil
+	}
 	if err := m.Backends.Put(b.ID, &v); err != nil {
 		return fmt.Errorf("maps: put backend %d (%v): %w", b.ID, b.Addr, err)
 	}
-	return nil
-}
-
-// nextEpoch is the epoch backend id gets with state s: one more than its
-// current one when it stops being usable (UP or DRAINING before, DOWN or
-// unused now). The data plane's flow cache keeps the epoch with each copy
-// and drops copies of another epoch: a node that goes DOWN and returns
-// within a copy's life must not get back the flows re-placed meanwhile,
-// which another CPU's copy still sends it.
-func (m *Maps) nextEpoch(id uint32, s BackendState) (uint16, error) {
-	var old bpf.BalancerBackend
-	if err := m.Backends.Lookup(id, &old); err != nil {
-		return 0, fmt.Errorf("maps: read backend %d: %w", id, err)
-	}
-	usable := func(st BackendState) bool { return st == StateUp || st == StateDraining }
-	if usable(BackendState(old.State)) && !usable(s) {
-		return old.Epoch + 1, nil
-	}
-	return old.Epoch, nil
+	return m.bumpFlowCacheGen()
 }
 
 // Backend reads a backend slot.
@@ -424,15 +443,10 @@ func (m *Maps) SetBackendState(id uint32, s BackendState) error {
 // re-placed on their next packet.
 func (m *Maps) DeleteBackend(id uint32) error {
 	var v bpf.BalancerBackend
-	epoch, err := m.nextEpoch(id, StateUnused)
-	if err != nil {
-		return err
-	}
-	v.Epoch = epoch
 	if err := m.Backends.Put(id, &v); err != nil {
 		return fmt.Errorf("maps: delete backend %d: %w", id, err)
 	}
-	return nil
+	return m.bumpFlowCacheGen()
 }
 
 // RingSlot is the index of (service, island) in the outer rings map.

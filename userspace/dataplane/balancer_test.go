@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/atoll-lb/atoll/bpf"
 	"github.com/atoll-lb/atoll/bpf/packet"
 	"github.com/atoll-lb/atoll/maps"
 )
@@ -240,7 +239,8 @@ func TestStickyDownDraining(t *testing.T) {
 	}
 	// On any CPU: the test thread moves between CPUs, so a flow's copies
 	// in two CPUs' flow caches meet a node going DOWN and returning (a
-	// fresh-clone CI run caught a stale copy here before backend epochs).
+	// fresh-clone CI run caught a stale copy here before copies carried a
+	// generation).
 	send := func(port uint16, flags uint8) (uint32, testNode) {
 		s := syn(client4, port, vip4, 143)
 		s.Flags = flags
@@ -894,43 +894,55 @@ func TestSYNFlood(t *testing.T) {
 	}
 }
 
-// TestBackendEpoch: a backend's epoch moves by one each time it stops
-// being usable (UP or DRAINING → DOWN, or deleted), and only then.
-func TestBackendEpoch(t *testing.T) {
+// TestFlowCacheGen: the flow cache's generation moves by one after every
+// write that can change where an established flow goes (a service, a
+// backend) and stays put for writes that change nothing or only new
+// flows (a ring).
+func TestFlowCacheGen(t *testing.T) {
 	e := newProgEnv(t)
 	b := setup(t, e)
-	putNodes(t, b.Maps, false, nil, 0)
-	epoch := func() uint16 {
-		t.Helper()
-		var v bpf.BalancerBackend
-		if err := b.Maps.Backends.Lookup(uint32(1), &v); err != nil {
-			t.Fatal(err)
-		}
-		return v.Epoch
+	node := func(s maps.BackendState) func() error {
+		return func() error { return b.Maps.PutBackend(maps.Backend{ID: 1, Addr: testNodes[0].v4, State: s}) }
 	}
-	want := epoch()
-	for _, step := range []struct {
-		state maps.BackendState
+	svc := svcL2v4
+	steps := []struct {
+		what  string
+		write func() error
 		bump  bool
 	}{
-		{maps.StateDraining, false}, {maps.StateUp, false}, {maps.StateDown, true}, {maps.StateDown, false},
-		{maps.StateDraining, false}, {maps.StateDown, true}, {maps.StateUp, false}, {maps.StateUnused, true},
-		{maps.StateUp, false},
-	} {
-		var err error
-		if step.state == maps.StateUnused {
-			err = b.Maps.DeleteBackend(1)
-		} else {
-			err = b.Maps.PutBackend(maps.Backend{ID: 1, Addr: testNodes[0].v4, State: step.state})
-		}
+		{"new backend", node(maps.StateUp), true},
+		{"same backend", node(maps.StateUp), false},
+		{"DRAINING", node(maps.StateDraining), true},
+		{"DOWN", node(maps.StateDown), true},
+		{"UP", node(maps.StateUp), true},
+		{"readdressed", func() error {
+			return b.Maps.PutBackend(maps.Backend{ID: 1, Addr: testNodes[1].v4, State: maps.StateUp})
+		}, true},
+		{"deleted", func() error { return b.Maps.DeleteBackend(1) }, true},
+		{"new service", func() error { return b.Maps.PutService(svc) }, true},
+		{"same service", func() error { return b.Maps.PutService(svc) }, false},
+		{"ring", func() error { return b.Maps.SetRing(svc.ID, svc.Island, []uint32{2, 2, 2}) }, false},
+		{"service changed", func() error {
+			s := svc
+			s.Forward = maps.ForwardIPIP
+			return b.Maps.PutService(s)
+		}, true},
+		{"service deleted", func() error { return b.Maps.DeleteService(svc.VIP, svc.Port) }, true},
+	}
+	for _, step := range steps {
+		before, err := b.Maps.FlowCacheGeneration()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if step.bump {
-			want++
+		if err := step.write(); err != nil {
+			t.Fatalf("%s: %v", step.what, err)
 		}
-		if got := epoch(); got != want {
-			t.Fatalf("after %v: epoch %d, want %d", step.state, got, want)
+		after, err := b.Maps.FlowCacheGeneration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := before + map[bool]uint32{true: 1}[step.bump]; after != want {
+			t.Fatalf("%s: generation %d → %d, want %d", step.what, before, after, want)
 		}
 	}
 }

@@ -234,9 +234,25 @@ func TestFlowCache(t *testing.T) {
 		if err := b.Maps.SetBackendState(n.id, maps.StateUp); err != nil {
 			t.Fatal(err)
 		}
-		// Back on flowCacheCPU: its copy predates the DOWN (another epoch).
+		// Back on flowCacheCPU: its copy predates the DOWN (an older
+		// flow cache generation).
 		if v, got := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX || got.id != moved.id {
 			t.Fatalf("re-placed flow on CPU %d after its old node returned: %s to %s, want %s (re-placed)", flowCacheCPU, verdict(v), got.name, moved.name)
+		}
+	})
+
+	t.Run("node readdressed", func(t *testing.T) {
+		// A copy's packets skip the next-hop cache's address check: a
+		// backend given another address must make them stale.
+		port := uint16(28000)
+		n := open(client4, port, vip4)
+		other := nodeByID(n.id%3 + 1)
+		if err := b.Maps.PutBackend(maps.Backend{ID: n.id, Addr: other.v4, State: maps.StateUp}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { table = putNodes(t, b.Maps, false, svcs, 0, 1, 2) }()
+		if v, got := c.send(client4, port, vip4, packet.FlagACK); v != xdpTX || got.name != other.name {
+			t.Fatalf("flow of backend %d readdressed to %v: %s to %s, want %s's MAC", n.id, other.v4, verdict(v), got.name, other.name)
 		}
 	})
 
