@@ -461,15 +461,15 @@ static __always_inline struct fc_entry *fc_slot(const struct packet *p)
 }
 
 /* fc_hit says whether the entry is a fresh copy of this flow's conntrack
- * entry, of the current generation. The key's words are compared as
- * parse() wrote them (see key_addr4). */
-static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now, __u32 gen)
+ * entry (track() then checks its generation). The key's words are
+ * compared as parse() wrote them (see key_addr4). */
+static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now)
 {
 	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)&p->key;
 
 	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
 		return 0;
-	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES && e->gen == gen;
+	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
 }
 
 /* fc_fill copies a conntrack entry that established() just forwarded
@@ -487,8 +487,9 @@ static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, 
 	e->stamp = now;
 }
 
-/* fc_generation reads the flow cache's generation, before anything a
- * copy is made from (the barrier keeps it first). */
+/* fc_generation reads the flow cache's generation: for a copy, after its
+ * key matched (non-VIP packets never read it); for filling one, before
+ * anything the copy is made from (the barrier keeps it there). */
 static __always_inline __u32 fc_generation(void)
 {
 	__u32 zero = 0, *g = bpf_map_lookup_elem(&flow_cache_gen, &zero), gen = g ? *g : 0;
@@ -513,7 +514,7 @@ static __always_inline __u32 fc_generation(void)
  * remembered from the first packet. */
 static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct service **svc, struct ct_entry **ct)
 {
-	__u32 now = bpf_jiffies64(), gen = fc_generation(), sid, be_id, flags, ct_gen;
+	__u32 now = bpf_jiffies64(), gen, sid, be_id, flags, ct_gen;
 	struct fc_entry *fc;
 	__u8 fwd = 0;
 	int rc, copy;
@@ -531,7 +532,7 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		if ((*svc)->route != ROUTE_LOGIN)
 			return CONTINUE;
 	}
-	copy = fc && fc_hit(fc, p, now, gen);
+	copy = fc && fc_hit(fc, p, now) && fc->gen == fc_generation();
 	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;
@@ -543,6 +544,7 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 			count(STAT_PASS_NON_VIP);
 			return XDP_PASS;
 		}
+		gen = fc_generation();
 		*ct = ct_lookup(p);
 		if (!*ct)
 			return CONTINUE;
