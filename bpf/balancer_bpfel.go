@@ -62,6 +62,9 @@ type BalancerFcEntry struct {
 	Flags   uint16
 	Gen     uint32
 	Stamp   uint32
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Ifindex uint32
 }
 
 type BalancerFlow4Key struct {

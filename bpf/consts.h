@@ -33,7 +33,7 @@
  * packet; a refresh every 0.1 s per backend and CPU costs nothing. */
 #define NH_CACHE_TTL_JIFFIES 100
 
-/* The flow cache: FLOW_CACHE_SIZE entries per CPU (56 bytes each), in
+/* The flow cache: FLOW_CACHE_SIZE entries per CPU (72 bytes each), in
  * front of conntrack. An entry is trusted for FLOW_CACHE_TTL_JIFFIES (16 ms
  * at HZ=1000, 64 ms at 250, 160 ms at 100); then conntrack is asked again,
  * which keeps a busy flow's conntrack entry recently used for the LRU. */

@@ -136,6 +136,29 @@ static __always_inline int ring_recent(__u32 slot)
 	return 0;
 }
 
+/* out_port picks the frame's way out toward ifindex: a tagged frame
+ * leaves tagged, on the port it came in on. */
+static __always_inline int out_port(struct xdp_md *ctx, const struct packet *p, __u32 ifindex)
+{
+	if (p->vlan || ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* l2_out sends the frame to a node on the link (l2dsr): its MACs
+ * rewritten, the rest untouched. */
+static __always_inline int l2_out(struct xdp_md *ctx, const struct packet *p, const __u8 *dmac, const __u8 *smac,
+				  __u32 ifindex)
+{
+	struct ethhdr *eth = pkt_data(ctx);
+
+	if ((void *)(eth + 1) > pkt_end(ctx))
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, dmac, 6);
+	__builtin_memcpy(eth->h_source, smac, 6);
+	return out_port(ctx, p, ifindex);
+}
+
 static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, __u8 fwd, const struct backend *be,
 				   __u32 be_id)
 {
@@ -154,22 +177,13 @@ static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, _
 		rc = encap(ctx, p, be, nh);
 		if (rc != CONTINUE)
 			return rc;
-	} else {
-		struct ethhdr *eth = pkt_data(ctx);
-
-		if (!nh->onlink) {
-			count(STAT_DROP_NOT_ONLINK);
-			return XDP_DROP;
-		}
-		if ((void *)(eth + 1) > pkt_end(ctx))
-			return XDP_DROP;
-		__builtin_memcpy(eth->h_dest, nh->dmac, 6);
-		__builtin_memcpy(eth->h_source, nh->smac, 6);
+		return out_port(ctx, p, nh->ifindex);
 	}
-	/* A tagged frame leaves tagged, on the port it came in on. */
-	if (p->vlan || nh->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(nh->ifindex, 0);
+	if (!nh->onlink) {
+		count(STAT_DROP_NOT_ONLINK);
+		return XDP_DROP;
+	}
+	return l2_out(ctx, p, nh->dmac, nh->smac, nh->ifindex);
 }
 
 /* account counts a forwarding step's result and turns it into a verdict. */
@@ -187,12 +201,19 @@ static __always_inline int account(const struct packet *p, int rc, __u32 outcome
 	return rc;
 }
 
+/* established_outcome is the counter of a forwarded packet of a known
+ * flow. */
+static __always_inline __u32 established_outcome(const struct packet *p)
+{
+	return p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED;
+}
+
 /* established forwards a packet of a flow conntrack knows, without the
- * services lookup. From a conntrack entry (fwd NULL), while its service
- * is unchanged (same generation) and its node usable; *fwd gets the
- * service's forwarding mode, for fc_fill. From a flow cache copy of the
- * current flow cache generation (*fwd its mode), without those checks:
- * nothing they read has changed since the copy was made.
+ * services lookup. From a conntrack entry, while its service is unchanged
+ * (same generation) and its node usable; *fwd gets the service's
+ * forwarding mode, for fc_fill. From a flow cache copy of the current
+ * flow cache generation (*fwd its mode), without those checks: nothing
+ * they read has changed since the copy was made.
  * Otherwise the packet takes the full path (CONTINUE). */
 static __always_inline int established(struct xdp_md *ctx, const struct packet *p, __u32 sid, __u32 be_id,
 				       __u32 flags, __u32 gen, int copy, __u8 *fwd)
@@ -213,8 +234,7 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 			return CONTINUE;
 		*fwd = st->fwd;
 	}
-	return account(p, forward(ctx, p, *fwd, be, be_id),
-		       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid, be_id);
+	return account(p, forward(ctx, p, *fwd, be, be_id), established_outcome(p), sid, be_id);
 }
 
 /* affinity_island finds the island of the client's longest matching
@@ -395,8 +415,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 			ct->service = sid;
 			ct->gen = gen;
 			return account(p, forward(ctx, p, svc->fwd, be, be_id),
-				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_ESTABLISHED, sid,
-				       be_id);
+				       established_outcome(p), sid, be_id);
 		}
 	}
 
@@ -473,18 +492,28 @@ static __always_inline int fc_hit(const struct fc_entry *e, const struct packet 
 }
 
 /* fc_fill copies a conntrack entry that established() just forwarded
- * with, with its service's forwarding mode and the generation read
- * before conntrack was: a write to the maps after that read makes the
- * copy stale. */
+ * with, with its service's forwarding mode, the next hop it used (for
+ * l2dsr) and the generation read before conntrack was: a write to the
+ * maps after that read makes the copy stale. The next hop's MACs are
+ * copied as they are: a neighbour change reaches a flow within
+ * NH_CACHE_TTL_JIFFIES + FLOW_CACHE_TTL_JIFFIES. */
 static __always_inline void fc_fill(struct fc_entry *e, const struct packet *p, const struct ct_entry *ct,
 				    __u8 fwd, __u32 gen, __u32 now)
 {
+	__u32 be_id = ct->backend;
+	struct nh_entry *nh = bpf_map_lookup_elem(&nh_cache, &be_id);
+
+	if (!nh)
+		return;
 	__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
-	e->backend = ct->backend;
+	e->backend = be_id;
 	e->service = ct->service;
 	e->flags = (ct->flags & 0xff) | fwd << 8;
 	e->gen = gen;
 	e->stamp = now;
+	__builtin_memcpy(e->dmac, nh->dmac, 6);
+	__builtin_memcpy(e->smac, nh->smac, 6);
+	e->ifindex = nh->ifindex;
 }
 
 /* fc_generation reads the flow cache's generation: for a copy, after its
@@ -533,6 +562,10 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 			return CONTINUE;
 	}
 	copy = fc && fc_hit(fc, p, now) && fc->gen == fc_generation();
+	/* A copy of an l2dsr flow (no flags) holds all its packets need. */
+	if (copy && fc->flags == FWD_L2DSR << 8)
+		return account(p, l2_out(ctx, p, fc->dmac, fc->smac, fc->ifindex), established_outcome(p), fc->service,
+			       fc->backend);
 	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;
@@ -556,7 +589,9 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 	/* A copy always forwards: nothing established() checks has changed
 	 * since it was made. */
 	rc = established(ctx, p, sid, be_id, flags, ct_gen, copy, &fwd);
-	if (rc != CONTINUE && !copy && fc)
+	/* Copied only once it forwarded (or passed): a copy never holds the
+	 * next hop of a packet dropped for want of one. */
+	if ((rc == XDP_TX || rc == XDP_REDIRECT || rc == XDP_PASS) && !copy && fc)
 		fc_fill(fc, p, *ct, fwd, gen, now);
 	return rc;
 }

@@ -103,6 +103,9 @@ struct fc_entry {
 	__u16 flags; /* the entry's CT_F_* (low byte) and its service's FWD_* (high byte) */
 	__u32 gen;   /* flow_cache_gen when copied */
 	__u32 stamp; /* low 32 bits of jiffies when copied from conntrack */
+	__u8 dmac[6];  /* an l2dsr flow's next hop, from nh_cache when copied */
+	__u8 smac[6];
+	__u32 ifindex; /* and its port */
 };
 
 /* nh_cache value (per CPU, indexed by backend id): what bpf_fib_lookup

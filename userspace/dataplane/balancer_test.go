@@ -451,6 +451,18 @@ func TestNoBackendNoRouteNoSource(t *testing.T) {
 			if v != xdpDrop || stat(t, b.Maps, c.stat) != before+1 {
 				t.Fatalf("verdict %s, %s %d (was %d)", verdict(v), maps.StatName(c.stat), stat(t, b.Maps, c.stat), before)
 			}
+			// The flow's ACKs (conntrack learns it from the first) are
+			// dropped too: a copy is never made from a dropped packet,
+			// whose next hop an l2dsr copy would carry.
+			ack := syn(client4, 2, vip4, c.svc.Port)
+			ack.Flags = packet.FlagACK
+			for i := range 3 {
+				before := stat(t, b.Maps, c.stat)
+				v, _, err := e.RunOn(0, b.Program, packet.TCP(ack))
+				if err != nil || v != xdpDrop || stat(t, b.Maps, c.stat) != before+1 {
+					t.Fatalf("ACK %d: verdict %s, %s moved by %d (%v)", i, verdict(v), maps.StatName(c.stat), stat(t, b.Maps, c.stat)-before, err)
+				}
+			}
 		})
 	}
 	t.Run("ipip without an LB address of the node's family", func(t *testing.T) {

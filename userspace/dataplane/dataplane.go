@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -25,9 +28,14 @@ type Options struct {
 	// use the same seed. 0 keeps the object's default.
 	HashSeed uint32
 	// PinPath, when set, is a bpffs directory where the maps are pinned
-	// by name (and found again by a later load).
+	// by name (and found again by a later load), but for the caches.
 	PinPath string
 }
+
+// caches are the maps that are never pinned: a new load starts them
+// empty anyway (maps.New clears them), so their layouts may change
+// between versions without `atoll reset`.
+var caches = []string{maps.MapFlowCache, maps.MapNextHops}
 
 func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, error) {
 	if opts.ConntrackSize != 0 {
@@ -52,13 +60,19 @@ func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, 
 	if opts.PinPath != "" {
 		for name, m := range spec.Maps {
 			// Data sections (.rodata) are per object, never pinned.
-			if strings.HasPrefix(name, ".") {
+			if strings.HasPrefix(name, ".") || slices.Contains(caches, name) {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
 		}
 		if err := EnsureBPFFS(opts.PinPath); err != nil {
 			return nil, err
+		}
+		// Caches an earlier version pinned: their memory goes with them.
+		for _, name := range caches {
+			if err := os.Remove(filepath.Join(opts.PinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("dataplane: remove the earlier pinned %s: %w", name, err)
+			}
 		}
 		if err := checkPinned(spec, opts.PinPath); err != nil {
 			return nil, err

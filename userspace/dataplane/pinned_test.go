@@ -61,6 +61,13 @@ func TestPinnedAdoption(t *testing.T) {
 	// Pinned state from before the VIP filter existed: the next load
 	// creates the filter and must fill it from vip_addrs.
 	mustDo(t, os.Remove(filepath.Join(dir, maps.MapVIPFilter)))
+	// A flow cache pinned by an earlier version, in another layout (56-byte
+	// entries): caches are not pinned any more, and an old one is removed
+	// rather than refused.
+	oldCache, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 56, MaxEntries: maps.FlowCacheSize})
+	mustDo(t, err)
+	mustDo(t, oldCache.Pin(filepath.Join(dir, maps.MapFlowCache)))
+	oldCache.Close()
 
 	b2, err := dataplane.LoadBalancer(dataplane.Options{PinPath: dir, ConntrackSize: 4096})
 	if err != nil {
@@ -77,6 +84,11 @@ func TestPinnedAdoption(t *testing.T) {
 	}
 	if names, _ := b2.Maps.ListNames(); names["s:imap/4"] != 7 {
 		t.Fatalf("adopted names %v", names)
+	}
+	for _, name := range []string{maps.MapFlowCache, maps.MapNextHops} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Fatalf("cache %s pinned after the load (%v)", name, err)
+		}
 	}
 	if !filterBit(t, b2.Maps, vip4) {
 		t.Fatal("VIP filter not rebuilt from the pinned vip_addrs")
