@@ -750,8 +750,9 @@ func (m *Maps) Flows(max int) ([]Flow, error) {
 }
 
 // FlushConntrack deletes every conntrack entry and returns how many. The
-// flow cache is emptied after conntrack, so that no copy outlives its
-// entry.
+// flow cache generation moves after conntrack, so that no copy outlives
+// its entry (one write, where emptying every CPU's cache would be
+// thousands).
 func (m *Maps) FlushConntrack() (int, error) {
 	n4, err := flush[bpf.BalancerFlow4Key](m.Conntrack4)
 	if err != nil {
@@ -761,7 +762,7 @@ func (m *Maps) FlushConntrack() (int, error) {
 	if err != nil {
 		return n4 + n6, fmt.Errorf("maps: flush conntrack6: %w", err)
 	}
-	return n4 + n6, m.clearFlowCache()
+	return n4 + n6, m.bumpFlowCacheGen()
 }
 
 // flush deletes every key of a hash map.

@@ -183,10 +183,10 @@ func TestHandoffConntrackFlush(t *testing.T) {
 	ct6, err := ebpf.LoadPinnedMap(filepath.Join(e.pin, "conntrack6"), nil)
 	must(t, err)
 	defer ct6.Close()
-	fc, err := ebpf.LoadPinnedMap(filepath.Join(e.pin, maps.MapFlowCache), nil)
+	gen, err := ebpf.LoadPinnedMap(filepath.Join(e.pin, maps.MapFlowCacheGen), nil)
 	must(t, err)
-	defer fc.Close()
-	flushed, err := (&maps.Maps{Conntrack4: ct4, Conntrack6: ct6, FlowCache: fc}).FlushConntrack()
+	defer gen.Close()
+	flushed, err := (&maps.Maps{Conntrack4: ct4, Conntrack6: ct6, FlowCacheGen: gen}).FlushConntrack()
 	must(t, err)
 	if flushed < 100 {
 		t.Fatalf("flushed %d conntrack entries with 100 sessions open", flushed)

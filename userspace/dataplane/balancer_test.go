@@ -908,8 +908,8 @@ func TestSYNFlood(t *testing.T) {
 
 // TestFlowCacheGen: the flow cache's generation moves by one after every
 // write that can change where an established flow goes (a service, a
-// backend) and stays put for writes that change nothing or only new
-// flows (a ring).
+// backend, a conntrack flush) and stays put for writes that change
+// nothing or only new flows (a ring).
 func TestFlowCacheGen(t *testing.T) {
 	e := newProgEnv(t)
 	b := setup(t, e)
@@ -940,6 +940,7 @@ func TestFlowCacheGen(t *testing.T) {
 			return b.Maps.PutService(s)
 		}, true},
 		{"service deleted", func() error { return b.Maps.DeleteService(svc.VIP, svc.Port) }, true},
+		{"conntrack flushed", func() error { _, err := b.Maps.FlushConntrack(); return err }, true},
 	}
 	for _, step := range steps {
 		before, err := b.Maps.FlowCacheGeneration()
