@@ -116,10 +116,10 @@ type BenchNhEntry struct {
 	_       structs.HostLayout
 	Expires uint64
 	Addr    [16]uint8
-	Family  uint8
-	Onlink  uint8
 	Dmac    [6]uint8
 	Smac    [6]uint8
+	Family  uint8
+	Onlink  uint8
 	Mtu     uint16
 	Ifindex uint32
 	_       [4]byte

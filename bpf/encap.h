@@ -32,8 +32,7 @@ static __always_inline int write_l2(struct xdp_md *ctx, const struct packet *p, 
 
 	if ((void *)eth + 18 > end)
 		return -1;
-	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
-	__builtin_memcpy(eth->h_source, nh->smac, 6);
+	put_macs(eth, nh->dmac);
 	if (p->vlan) {
 		struct vlan_hdr_ *vh = (void *)(eth + 1);
 

@@ -147,15 +147,13 @@ static __always_inline int out_port(struct xdp_md *ctx, const struct packet *p, 
 
 /* l2_out sends the frame to a node on the link (l2dsr): its MACs
  * rewritten, the rest untouched. */
-static __always_inline int l2_out(struct xdp_md *ctx, const struct packet *p, const __u8 *dmac, const __u8 *smac,
-				  __u32 ifindex)
+static __always_inline int l2_out(struct xdp_md *ctx, const struct packet *p, const __u8 *macs, __u32 ifindex)
 {
 	struct ethhdr *eth = pkt_data(ctx);
 
 	if ((void *)(eth + 1) > pkt_end(ctx))
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, dmac, 6);
-	__builtin_memcpy(eth->h_source, smac, 6);
+	put_macs(eth, macs);
 	return out_port(ctx, p, ifindex);
 }
 
@@ -183,7 +181,7 @@ static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, _
 		count(STAT_DROP_NOT_ONLINK);
 		return XDP_DROP;
 	}
-	return l2_out(ctx, p, nh->dmac, nh->smac, nh->ifindex);
+	return l2_out(ctx, p, nh->dmac, nh->ifindex);
 }
 
 /* account counts a forwarding step's result and turns it into a verdict. */
@@ -564,8 +562,7 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 	copy = fc && fc_hit(fc, p, now) && fc->gen == fc_generation();
 	/* A copy of an l2dsr flow (no flags) holds all its packets need. */
 	if (copy && fc->flags == FWD_L2DSR << 8)
-		return account(p, l2_out(ctx, p, fc->dmac, fc->smac, fc->ifindex), established_outcome(p), fc->service,
-			       fc->backend);
+		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), established_outcome(p), fc->service, fc->backend);
 	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;

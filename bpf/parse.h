@@ -93,6 +93,22 @@ static __always_inline void *pkt_end(struct xdp_md *ctx)
 	return (void *)(long)ctx->data_end;
 }
 
+/* put_macs writes a frame's destination and source MACs from the 12
+ * bytes at macs (a struct's dmac, then smac, 8-byte aligned): as two
+ * words, where a copy of two 6-byte arrays is 24 byte loads and stores
+ * (the packet is not known to be aligned; x86 does not mind). */
+static __always_inline void put_macs(struct ethhdr *eth, const __u8 *macs)
+{
+	*(__u64 *)eth = *(const __u64 *)macs;
+	*(__u32 *)((__u8 *)eth + 8) = *(const __u32 *)(macs + 8);
+}
+
+_Static_assert(__builtin_offsetof(struct nh_entry, dmac) % 8 == 0 &&
+		       __builtin_offsetof(struct nh_entry, smac) == __builtin_offsetof(struct nh_entry, dmac) + 6 &&
+		       __builtin_offsetof(struct fc_entry, dmac) % 8 == 0 &&
+		       __builtin_offsetof(struct fc_entry, smac) == __builtin_offsetof(struct fc_entry, dmac) + 6,
+	       "put_macs reads dmac and smac as two aligned words");
+
 /* The flow key is written in the 64-bit words it is read in (the flow
  * cache's compare, the kernel's hash and memcmp): a load spanning two
  * narrower stores cannot be forwarded from the CPU's store buffer and

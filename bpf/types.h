@@ -113,10 +113,10 @@ struct fc_entry {
 struct nh_entry {
 	__u64 expires; /* jiffies */
 	__u8 addr[16];
+	__u8 dmac[6]; /* dmac, smac: 12 bytes read as two words (put_macs) */
+	__u8 smac[6];
 	__u8 family;
 	__u8 onlink; /* the node itself is the next hop */
-	__u8 dmac[6];
-	__u8 smac[6];
 	__u16 mtu;
 	__u32 ifindex;
 };
