@@ -559,9 +559,14 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		if ((*svc)->route != ROUTE_LOGIN)
 			return CONTINUE;
 	}
+	copy = fc && fc_hit(fc, p, now);
 	/* A LOCAL copy passes whatever the generation, as a LOCAL entry
 	 * passes before established() checks anything. */
-	copy = fc && fc_hit(fc, p, now) && ((fc->flags & CT_F_LOCAL) || fc->gen == fc_generation());
+	if (copy && (fc->flags & CT_F_LOCAL)) {
+		count(STAT_PASS_LOCAL);
+		return XDP_PASS;
+	}
+	copy = copy && fc->gen == fc_generation();
 	/* A copy of an l2dsr flow (no flags) holds all its packets need. */
 	if (copy && fc->flags == FWD_L2DSR << 8)
 		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), established_outcome(p), fc->service, fc->backend);
