@@ -291,18 +291,18 @@ func (m *Maps) bumpState(id uint32, val *bpf.BalancerService) error {
 
 // bumpFlowCacheGen makes every CPU's flow cache copies stale at once. It
 // follows each write that can change where an established flow goes (a
-// service's state, a backend): a copy is used without the checks a
-// conntrack entry gets (service generation, node state, next-hop
-// address), and the data plane reads the generation before what it
-// copies, so a copy made while a write was going on carries the older
+// service's state, a backend, a conntrack flush): a copy is used without
+// the checks a conntrack entry gets (service generation, node state,
+// next-hop address), and the data plane reads the generation before what
+// it copies, so a copy made while a write was going on carries the older
 // generation. The next packet of each flow then asks conntrack, whose
 // checks see the write, and copies the result.
 func (m *Maps) bumpFlowCacheGen() error {
 	m.genMu.Lock()
 	defer m.genMu.Unlock()
-	var gen uint32
-	if err := m.FlowCacheGen.Lookup(uint32(0), &gen); err != nil {
-		return fmt.Errorf("maps: flow cache generation: %w", err)
+	gen, err := m.FlowCacheGeneration()
+	if err != nil {
+		return err
 	}
 	if err := m.FlowCacheGen.Put(uint32(0), gen+1); err != nil {
 		return fmt.Errorf("maps: flow cache generation: %w", err)
