@@ -94,16 +94,21 @@ int xdp_bench(struct xdp_md *ctx)
 	void *data = pkt_data(ctx), *end = pkt_end(ctx);
 	const __u8 restore = bench_restore;
 	__u32 len = end - data;
-	__u8 l2[14];
+	__u64 l2_0 = 0;
+	__u32 l2_1 = 0;
+	__u16 l2_2 = 0;
 	int rc;
 
 	/* Only the undo step needs the copy: the verifier knows the constant
 	 * and drops it from the other wrappers, which so cost nothing but
-	 * balance() itself. */
+	 * balance() itself. The 14 bytes are copied in three words (a byte
+	 * copy would be 28 loads and stores per run, counted against ipip). */
 	if (restore) {
-		if (data + sizeof(l2) > end)
+		if (data + 14 > end)
 			return XDP_ABORTED;
-		__builtin_memcpy(l2, data, sizeof(l2));
+		l2_0 = *(__u64 *)data;
+		l2_1 = *(__u32 *)(data + 8);
+		l2_2 = *(__u16 *)(data + 12);
 	}
 
 	rc = balance(ctx);
@@ -118,9 +123,11 @@ int xdp_bench(struct xdp_md *ctx)
 			return XDP_ABORTED;
 		data = pkt_data(ctx);
 		end = pkt_end(ctx);
-		if (data + sizeof(l2) > end)
+		if (data + 14 > end)
 			return XDP_ABORTED;
-		__builtin_memcpy(data, l2, sizeof(l2));
+		*(__u64 *)data = l2_0;
+		*(__u32 *)(data + 8) = l2_1;
+		*(__u16 *)(data + 12) = l2_2;
 	}
 	if (bench_new_flows)
 		new_flow(ctx);
