@@ -115,14 +115,12 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *p, con
 		oh = data + l2;
 		if ((void *)(oh + 1) > end)
 			goto headroom;
-		oh->version = 6;
-		oh->priority = p->tos >> 4;
-		oh->flow_lbl[0] = ((p->tos & 0xf) << 4) | ((label >> 16) & 0xf);
-		oh->flow_lbl[1] = label >> 8;
-		oh->flow_lbl[2] = label;
-		oh->payload_len = bpf_htons(p->l3_len);
-		oh->nexthdr = inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
-		oh->hop_limit = OUTER_TTL;
+		/* The first eight bytes as two words: version, traffic class
+		 * (the inner TOS) and flow label; payload length, next header
+		 * and hop limit (little-endian host). */
+		((__u32 *)oh)[0] = bpf_htonl(6 << 28 | (__u32)p->tos << 20 | label);
+		((__u32 *)oh)[1] = (__u32)bpf_htons(p->l3_len) | (__u32)(inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_) << 16 |
+				   (__u32)OUTER_TTL << 24;
 		__builtin_memcpy(&oh->saddr, cfg->src6, 16);
 		__builtin_memcpy(&oh->daddr, be->addr, 16);
 	}

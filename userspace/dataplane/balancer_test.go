@@ -164,6 +164,10 @@ func TestIPIP(t *testing.T) {
 		{"4in4 VLAN", func() packet.TCPSpec { s := syn(client4, 50004, vip4, 993); s.VLAN = 7; return s }(), false},
 		{"6in6 VLAN", func() packet.TCPSpec { s := syn(client6, 50004, vip6, 993); s.VLAN = 7; return s }(), true},
 		{"4in4 no DF", func() packet.TCPSpec { s := syn(client4, 50005, vip4, 993); s.DF = false; s.TOS = 0xb8; return s }(), false},
+		// The traffic class and flow label share the outer IPv6 header's
+		// first word.
+		{"6in6 traffic class", func() packet.TCPSpec { s := syn(client6, 50006, vip6, 993); s.TOS = 0xb9; return s }(), true},
+		{"4in6 TOS", func() packet.TCPSpec { s := syn(client4, 50006, vip4, 993); s.TOS = 0x2e; return s }(), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := setup(t, e, svcs...)
