@@ -157,21 +157,19 @@ static __always_inline int l2_out(struct xdp_md *ctx, const struct packet *p, co
 	return out_port(ctx, p, ifindex);
 }
 
+/* forward sends the packet to backend be_id by the service's mode; copy:
+ * for a flow cache copy of the current generation (see next_hop). */
 static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, __u8 fwd, const struct backend *be,
-				   __u32 be_id)
+				   __u32 be_id, int copy)
 {
 	struct nh_entry *nh;
 	int rc;
 
-	nh = next_hop(ctx, be, be_id);
+	nh = next_hop(ctx, be, be_id, copy);
 	if (!nh)
 		return XDP_DROP;
 
 	if (fwd == FWD_IPIP) {
-		if (!be)
-			be = bpf_map_lookup_elem(&backends, &be_id);
-		if (!be)
-			return XDP_DROP;
 		rc = encap(ctx, p, be, nh);
 		if (rc != CONTINUE)
 			return rc;
@@ -217,22 +215,22 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 				       __u32 flags, __u32 gen, int copy, __u8 *fwd)
 {
 	struct svc_state *st;
-	struct backend *be = NULL;
+	struct backend *be;
 
 	if (flags & CT_F_LOCAL) {
 		count(STAT_PASS_LOCAL);
 		return XDP_PASS;
 	}
+	be = bpf_map_lookup_elem(&backends, &be_id);
+	if (!be)
+		return CONTINUE;
 	if (!copy) {
 		st = bpf_map_lookup_elem(&service_state, &sid);
-		if (!st || st->gen != gen)
-			return CONTINUE;
-		be = bpf_map_lookup_elem(&backends, &be_id);
-		if (!usable(be))
+		if (!st || st->gen != gen || !usable(be))
 			return CONTINUE;
 		*fwd = st->fwd;
 	}
-	return account(p, forward(ctx, p, *fwd, be, be_id), established_outcome(p), sid, be_id);
+	return account(p, forward(ctx, p, *fwd, be, be_id, copy), established_outcome(p), sid, be_id);
 }
 
 /* affinity_island finds the island of the client's longest matching
@@ -336,7 +334,7 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 				else
 					ct_insert(p, &e);
 			}
-			return account(p, forward(ctx, p, svc->fwd, be, be_id),
+			return account(p, forward(ctx, p, svc->fwd, be, be_id, 0),
 				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_AFFINITY, sid, be_id);
 		}
 	}
@@ -412,7 +410,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 		if (usable(be) && (svc->route == ROUTE_LOGIN || be->island == svc->island)) {
 			ct->service = sid;
 			ct->gen = gen;
-			return account(p, forward(ctx, p, svc->fwd, be, be_id),
+			return account(p, forward(ctx, p, svc->fwd, be, be_id, 0),
 				       established_outcome(p), sid, be_id);
 		}
 	}
@@ -461,7 +459,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 		outcome = is_syn(p) ? STAT_FWD_NEW : STAT_FWD_LEARNED;
 		ct_insert(p, &e);
 	}
-	return account(p, forward(ctx, p, svc->fwd, be, be_id), outcome, sid, be_id);
+	return account(p, forward(ctx, p, svc->fwd, be, be_id, 0), outcome, sid, be_id);
 }
 
 /* fc_slot returns the flow cache entry a flow may occupy. The index is a

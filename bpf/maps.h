@@ -130,7 +130,8 @@ struct {
 } flow_cache SEC(".maps");
 
 /* The flow cache's generation: the maps API bumps it after every write
- * that can change where an established flow goes (a service, a backend),
+ * that can change where an established flow goes (a service, a backend,
+ * a conntrack flush),
  * so a copy made before such a write is stale on every CPU at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -18,12 +18,12 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
-/* next_hop returns the way to backend be_id. be is NULL when the caller
- * holds a flow cache copy of the current generation (see track()): the
- * backend's address cannot have changed since the copy was made, so an
- * unexpired cache entry needs no address check (and the backend is read
- * only if the FIB must be asked). */
-static __always_inline struct nh_entry *next_hop(struct xdp_md *ctx, const struct backend *be, __u32 be_id)
+/* next_hop returns the way to backend be_id. copy says the caller holds a
+ * flow cache copy of the current generation (see track()): the backend's
+ * address cannot have changed since the copy was made, so an unexpired
+ * cache entry needs no address check. */
+static __always_inline struct nh_entry *next_hop(struct xdp_md *ctx, const struct backend *be, __u32 be_id,
+						 int copy)
 {
 	struct bpf_fib_lookup fib = {};
 	struct nh_entry *nh;
@@ -35,14 +35,8 @@ static __always_inline struct nh_entry *next_hop(struct xdp_md *ctx, const struc
 		count(STAT_DROP_FIB);
 		return NULL;
 	}
-	if (nh->expires > now && (!be || (nh->family == be->family && addr_eq(nh->addr, be->addr))))
+	if (nh->expires > now && (copy || (nh->family == be->family && addr_eq(nh->addr, be->addr))))
 		return nh;
-	if (!be)
-		be = bpf_map_lookup_elem(&backends, &be_id);
-	if (!be) {
-		count(STAT_DROP_FIB);
-		return NULL;
-	}
 
 	fib.family = be->family;
 	fib.ifindex = ctx->ingress_ifindex;
