@@ -29,19 +29,20 @@ type BalancerAffinity struct {
 }
 
 type BalancerBackend struct {
-	_      structs.HostLayout
-	Addr   [16]uint8
-	Family uint8
-	State  uint8
-	Pad    uint16
-	Island uint32
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Family  uint8
+	State   uint8
+	Service uint16
+	Island  uint32
 }
 
 type BalancerCounters struct {
-	_        structs.HostLayout
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	NewFlows    uint64
+	Established uint64
 }
 
 type BalancerCtEntry struct {
@@ -189,28 +190,28 @@ type BalancerVipBits struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BalancerMapAffinity4    = "affinity4"
-	BalancerMapAffinity6    = "affinity6"
-	BalancerMapBackendStats = "backend_stats"
-	BalancerMapBackends     = "backends"
-	BalancerMapConfig       = "config"
-	BalancerMapConntrack4   = "conntrack4"
-	BalancerMapConntrack6   = "conntrack6"
-	BalancerMapFlowCache    = "flow_cache"
-	BalancerMapFlowCacheGen = "flow_cache_gen"
-	BalancerMapNames        = "names"
-	BalancerMapNhCache      = "nh_cache"
-	BalancerMapRingGrace    = "ring_grace"
-	BalancerMapRings        = "rings"
-	BalancerMapRingsPrev    = "rings_prev"
-	BalancerMapServiceState = "service_state"
-	BalancerMapServiceStats = "service_stats"
-	BalancerMapServices     = "services"
-	BalancerMapStats        = "stats"
-	BalancerMapVipAddrs     = "vip_addrs"
-	BalancerMapVipFilter    = "vip_filter"
-	BalancerProgXdpBalancer = "xdp_balancer"
-	BalancerVarHashSeed     = "hash_seed"
+	BalancerMapAffinity4      = "affinity4"
+	BalancerMapAffinity6      = "affinity6"
+	BalancerMapBackendTraffic = "backend_traffic"
+	BalancerMapBackends       = "backends"
+	BalancerMapConfig         = "config"
+	BalancerMapConntrack4     = "conntrack4"
+	BalancerMapConntrack6     = "conntrack6"
+	BalancerMapFlowCache      = "flow_cache"
+	BalancerMapFlowCacheGen   = "flow_cache_gen"
+	BalancerMapNames          = "names"
+	BalancerMapNhCache        = "nh_cache"
+	BalancerMapRetiredTraffic = "retired_traffic"
+	BalancerMapRingGrace      = "ring_grace"
+	BalancerMapRings          = "rings"
+	BalancerMapRingsPrev      = "rings_prev"
+	BalancerMapServiceState   = "service_state"
+	BalancerMapServices       = "services"
+	BalancerMapStats          = "stats"
+	BalancerMapVipAddrs       = "vip_addrs"
+	BalancerMapVipFilter      = "vip_filter"
+	BalancerProgXdpBalancer   = "xdp_balancer"
+	BalancerVarHashSeed       = "hash_seed"
 )
 
 // LoadBalancer returns the embedded CollectionSpec for Balancer.
@@ -262,26 +263,26 @@ type BalancerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BalancerMapSpecs struct {
-	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
-	Affinity6    *ebpf.MapSpec `ebpf:"affinity6"`
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
-	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
-	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
-	FlowCacheGen *ebpf.MapSpec `ebpf:"flow_cache_gen"`
-	Names        *ebpf.MapSpec `ebpf:"names"`
-	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
-	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
-	RingsPrev    *ebpf.MapSpec `ebpf:"rings_prev"`
-	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
-	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	Affinity4      *ebpf.MapSpec `ebpf:"affinity4"`
+	Affinity6      *ebpf.MapSpec `ebpf:"affinity6"`
+	BackendTraffic *ebpf.MapSpec `ebpf:"backend_traffic"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Conntrack4     *ebpf.MapSpec `ebpf:"conntrack4"`
+	Conntrack6     *ebpf.MapSpec `ebpf:"conntrack6"`
+	FlowCache      *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowCacheGen   *ebpf.MapSpec `ebpf:"flow_cache_gen"`
+	Names          *ebpf.MapSpec `ebpf:"names"`
+	NhCache        *ebpf.MapSpec `ebpf:"nh_cache"`
+	RetiredTraffic *ebpf.MapSpec `ebpf:"retired_traffic"`
+	RingGrace      *ebpf.MapSpec `ebpf:"ring_grace"`
+	Rings          *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev      *ebpf.MapSpec `ebpf:"rings_prev"`
+	ServiceState   *ebpf.MapSpec `ebpf:"service_state"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
 }
 
 // BalancerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -311,33 +312,33 @@ func (o *BalancerObjects) Close() error {
 //
 // It can be passed to LoadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BalancerMaps struct {
-	Affinity4    *ebpf.Map `ebpf:"affinity4"`
-	Affinity6    *ebpf.Map `ebpf:"affinity6"`
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
-	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
-	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
-	FlowCacheGen *ebpf.Map `ebpf:"flow_cache_gen"`
-	Names        *ebpf.Map `ebpf:"names"`
-	NhCache      *ebpf.Map `ebpf:"nh_cache"`
-	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
-	Rings        *ebpf.Map `ebpf:"rings"`
-	RingsPrev    *ebpf.Map `ebpf:"rings_prev"`
-	ServiceState *ebpf.Map `ebpf:"service_state"`
-	ServiceStats *ebpf.Map `ebpf:"service_stats"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	Affinity4      *ebpf.Map `ebpf:"affinity4"`
+	Affinity6      *ebpf.Map `ebpf:"affinity6"`
+	BackendTraffic *ebpf.Map `ebpf:"backend_traffic"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Conntrack4     *ebpf.Map `ebpf:"conntrack4"`
+	Conntrack6     *ebpf.Map `ebpf:"conntrack6"`
+	FlowCache      *ebpf.Map `ebpf:"flow_cache"`
+	FlowCacheGen   *ebpf.Map `ebpf:"flow_cache_gen"`
+	Names          *ebpf.Map `ebpf:"names"`
+	NhCache        *ebpf.Map `ebpf:"nh_cache"`
+	RetiredTraffic *ebpf.Map `ebpf:"retired_traffic"`
+	RingGrace      *ebpf.Map `ebpf:"ring_grace"`
+	Rings          *ebpf.Map `ebpf:"rings"`
+	RingsPrev      *ebpf.Map `ebpf:"rings_prev"`
+	ServiceState   *ebpf.Map `ebpf:"service_state"`
+	Services       *ebpf.Map `ebpf:"services"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
 }
 
 func (m *BalancerMaps) Close() error {
 	return _BalancerClose(
 		m.Affinity4,
 		m.Affinity6,
-		m.BackendStats,
+		m.BackendTraffic,
 		m.Backends,
 		m.Config,
 		m.Conntrack4,
@@ -346,11 +347,11 @@ func (m *BalancerMaps) Close() error {
 		m.FlowCacheGen,
 		m.Names,
 		m.NhCache,
+		m.RetiredTraffic,
 		m.RingGrace,
 		m.Rings,
 		m.RingsPrev,
 		m.ServiceState,
-		m.ServiceStats,
 		m.Services,
 		m.Stats,
 		m.VipAddrs,

@@ -29,19 +29,20 @@ type BenchAffinity struct {
 }
 
 type BenchBackend struct {
-	_      structs.HostLayout
-	Addr   [16]uint8
-	Family uint8
-	State  uint8
-	Pad    uint16
-	Island uint32
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Family  uint8
+	State   uint8
+	Service uint16
+	Island  uint32
 }
 
 type BenchCounters struct {
-	_        structs.HostLayout
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	NewFlows    uint64
+	Established uint64
 }
 
 type BenchCtEntry struct {
@@ -189,32 +190,32 @@ type BenchVipBits struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BenchMapAffinity4     = "affinity4"
-	BenchMapAffinity6     = "affinity6"
-	BenchMapBackendStats  = "backend_stats"
-	BenchMapBackends      = "backends"
-	BenchMapBenchSeq      = "bench_seq"
-	BenchMapConfig        = "config"
-	BenchMapConntrack4    = "conntrack4"
-	BenchMapConntrack6    = "conntrack6"
-	BenchMapFlowCache     = "flow_cache"
-	BenchMapFlowCacheGen  = "flow_cache_gen"
-	BenchMapNames         = "names"
-	BenchMapNhCache       = "nh_cache"
-	BenchMapRingGrace     = "ring_grace"
-	BenchMapRings         = "rings"
-	BenchMapRingsPrev     = "rings_prev"
-	BenchMapServiceState  = "service_state"
-	BenchMapServiceStats  = "service_stats"
-	BenchMapServices      = "services"
-	BenchMapStats         = "stats"
-	BenchMapVipAddrs      = "vip_addrs"
-	BenchMapVipFilter     = "vip_filter"
-	BenchProgXdpBaseline  = "xdp_baseline"
-	BenchProgXdpBench     = "xdp_bench"
-	BenchVarBenchNewFlows = "bench_new_flows"
-	BenchVarBenchRestore  = "bench_restore"
-	BenchVarHashSeed      = "hash_seed"
+	BenchMapAffinity4      = "affinity4"
+	BenchMapAffinity6      = "affinity6"
+	BenchMapBackendTraffic = "backend_traffic"
+	BenchMapBackends       = "backends"
+	BenchMapBenchSeq       = "bench_seq"
+	BenchMapConfig         = "config"
+	BenchMapConntrack4     = "conntrack4"
+	BenchMapConntrack6     = "conntrack6"
+	BenchMapFlowCache      = "flow_cache"
+	BenchMapFlowCacheGen   = "flow_cache_gen"
+	BenchMapNames          = "names"
+	BenchMapNhCache        = "nh_cache"
+	BenchMapRetiredTraffic = "retired_traffic"
+	BenchMapRingGrace      = "ring_grace"
+	BenchMapRings          = "rings"
+	BenchMapRingsPrev      = "rings_prev"
+	BenchMapServiceState   = "service_state"
+	BenchMapServices       = "services"
+	BenchMapStats          = "stats"
+	BenchMapVipAddrs       = "vip_addrs"
+	BenchMapVipFilter      = "vip_filter"
+	BenchProgXdpBaseline   = "xdp_baseline"
+	BenchProgXdpBench      = "xdp_bench"
+	BenchVarBenchNewFlows  = "bench_new_flows"
+	BenchVarBenchRestore   = "bench_restore"
+	BenchVarHashSeed       = "hash_seed"
 )
 
 // LoadBench returns the embedded CollectionSpec for Bench.
@@ -267,27 +268,27 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
-	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
-	Affinity6    *ebpf.MapSpec `ebpf:"affinity6"`
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	BenchSeq     *ebpf.MapSpec `ebpf:"bench_seq"`
-	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
-	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
-	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
-	FlowCacheGen *ebpf.MapSpec `ebpf:"flow_cache_gen"`
-	Names        *ebpf.MapSpec `ebpf:"names"`
-	NhCache      *ebpf.MapSpec `ebpf:"nh_cache"`
-	RingGrace    *ebpf.MapSpec `ebpf:"ring_grace"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
-	RingsPrev    *ebpf.MapSpec `ebpf:"rings_prev"`
-	ServiceState *ebpf.MapSpec `ebpf:"service_state"`
-	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	Affinity4      *ebpf.MapSpec `ebpf:"affinity4"`
+	Affinity6      *ebpf.MapSpec `ebpf:"affinity6"`
+	BackendTraffic *ebpf.MapSpec `ebpf:"backend_traffic"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	BenchSeq       *ebpf.MapSpec `ebpf:"bench_seq"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Conntrack4     *ebpf.MapSpec `ebpf:"conntrack4"`
+	Conntrack6     *ebpf.MapSpec `ebpf:"conntrack6"`
+	FlowCache      *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowCacheGen   *ebpf.MapSpec `ebpf:"flow_cache_gen"`
+	Names          *ebpf.MapSpec `ebpf:"names"`
+	NhCache        *ebpf.MapSpec `ebpf:"nh_cache"`
+	RetiredTraffic *ebpf.MapSpec `ebpf:"retired_traffic"`
+	RingGrace      *ebpf.MapSpec `ebpf:"ring_grace"`
+	Rings          *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev      *ebpf.MapSpec `ebpf:"rings_prev"`
+	ServiceState   *ebpf.MapSpec `ebpf:"service_state"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -319,34 +320,34 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
-	Affinity4    *ebpf.Map `ebpf:"affinity4"`
-	Affinity6    *ebpf.Map `ebpf:"affinity6"`
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	BenchSeq     *ebpf.Map `ebpf:"bench_seq"`
-	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
-	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
-	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
-	FlowCacheGen *ebpf.Map `ebpf:"flow_cache_gen"`
-	Names        *ebpf.Map `ebpf:"names"`
-	NhCache      *ebpf.Map `ebpf:"nh_cache"`
-	RingGrace    *ebpf.Map `ebpf:"ring_grace"`
-	Rings        *ebpf.Map `ebpf:"rings"`
-	RingsPrev    *ebpf.Map `ebpf:"rings_prev"`
-	ServiceState *ebpf.Map `ebpf:"service_state"`
-	ServiceStats *ebpf.Map `ebpf:"service_stats"`
-	Services     *ebpf.Map `ebpf:"services"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	Affinity4      *ebpf.Map `ebpf:"affinity4"`
+	Affinity6      *ebpf.Map `ebpf:"affinity6"`
+	BackendTraffic *ebpf.Map `ebpf:"backend_traffic"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	BenchSeq       *ebpf.Map `ebpf:"bench_seq"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Conntrack4     *ebpf.Map `ebpf:"conntrack4"`
+	Conntrack6     *ebpf.Map `ebpf:"conntrack6"`
+	FlowCache      *ebpf.Map `ebpf:"flow_cache"`
+	FlowCacheGen   *ebpf.Map `ebpf:"flow_cache_gen"`
+	Names          *ebpf.Map `ebpf:"names"`
+	NhCache        *ebpf.Map `ebpf:"nh_cache"`
+	RetiredTraffic *ebpf.Map `ebpf:"retired_traffic"`
+	RingGrace      *ebpf.Map `ebpf:"ring_grace"`
+	Rings          *ebpf.Map `ebpf:"rings"`
+	RingsPrev      *ebpf.Map `ebpf:"rings_prev"`
+	ServiceState   *ebpf.Map `ebpf:"service_state"`
+	Services       *ebpf.Map `ebpf:"services"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
 }
 
 func (m *BenchMaps) Close() error {
 	return _BenchClose(
 		m.Affinity4,
 		m.Affinity6,
-		m.BackendStats,
+		m.BackendTraffic,
 		m.Backends,
 		m.BenchSeq,
 		m.Config,
@@ -356,11 +357,11 @@ func (m *BenchMaps) Close() error {
 		m.FlowCacheGen,
 		m.Names,
 		m.NhCache,
+		m.RetiredTraffic,
 		m.RingGrace,
 		m.Rings,
 		m.RingsPrev,
 		m.ServiceState,
-		m.ServiceStats,
 		m.Services,
 		m.Stats,
 		m.VipAddrs,

@@ -9,6 +9,8 @@
 #define MAX_SERVICES 256
 #define MAX_ISLANDS 64
 #define MAX_RINGS (MAX_SERVICES * MAX_ISLANDS)
+/* retired_traffic's entry for every removed backend, after the services'. */
+#define RETIRED_ALL MAX_SERVICES
 #define MAX_BACKENDS 4096
 #define MAX_VIP_ADDRS (MAX_SERVICES * 2)
 /* The VIP filter: one bit per hash of a destination address, so traffic
@@ -91,7 +93,7 @@ enum stat {
 	STAT_DROP_TOO_BIG,       /* would exceed the MTU and no ICMP could be sent */
 	STAT_DROP_HEADROOM,      /* adjust_head/adjust_tail failed */
 	STAT_FWD_NEW,            /* new flow placed by Maglev */
-	STAT_FWD_ESTABLISHED,    /* conntrack hit on an UP or DRAINING node */
+	STAT_FWD_ESTABLISHED,    /* conntrack hit on an UP or DRAINING node (never written: summed from backend_traffic) */
 	STAT_FWD_RESCHEDULED,    /* conntrack hit on a DOWN or removed node, re-placed */
 	STAT_ICMP_PTB_FORWARDED, /* ICMP too-big about a VIP flow sent to its node */
 	STAT_ICMP_PTB_SENT,      /* ICMP too-big sent back to a client */

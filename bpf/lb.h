@@ -183,17 +183,12 @@ static __always_inline int forward(struct xdp_md *ctx, const struct packet *p, _
 }
 
 /* account counts a forwarding step's result and turns it into a verdict. */
-static __always_inline int account(const struct packet *p, int rc, __u32 outcome, __u32 sid, __u32 be_id)
+static __always_inline int account(const struct packet *p, int rc, __u32 outcome, __u32 be_id)
 {
 	if (rc == REPLIED)
 		return XDP_TX;
-	if (rc == XDP_TX || rc == XDP_REDIRECT) {
-		int new_flow = outcome == STAT_FWD_NEW || outcome == STAT_FWD_RESCHEDULED || outcome == STAT_FWD_AFFINITY;
-
-		count(outcome);
-		count_traffic(&service_stats, sid, p->pkt_len, new_flow);
-		count_traffic(&backend_stats, be_id, p->pkt_len, new_flow);
-	}
+	if (rc == XDP_TX || rc == XDP_REDIRECT)
+		count_forwarded(be_id, p->pkt_len, outcome);
 	return rc;
 }
 
@@ -230,7 +225,7 @@ static __always_inline int established(struct xdp_md *ctx, const struct packet *
 			return CONTINUE;
 		*fwd = st->fwd;
 	}
-	return account(p, forward(ctx, p, *fwd, be, be_id, copy), established_outcome(p), sid, be_id);
+	return account(p, forward(ctx, p, *fwd, be, be_id, copy), established_outcome(p), be_id);
 }
 
 /* affinity_island finds the island of the client's longest matching
@@ -335,7 +330,7 @@ static __always_inline int login_miss(struct xdp_md *ctx, const struct packet *p
 					ct_insert(p, &e);
 			}
 			return account(p, forward(ctx, p, svc->fwd, be, be_id, 0),
-				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_AFFINITY, sid, be_id);
+				       p->kind == PKT_ICMP_PTB ? STAT_ICMP_PTB_FORWARDED : STAT_FWD_AFFINITY, be_id);
 		}
 	}
 	if (syn) {
@@ -411,7 +406,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 			ct->service = sid;
 			ct->gen = gen;
 			return account(p, forward(ctx, p, svc->fwd, be, be_id, 0),
-				       established_outcome(p), sid, be_id);
+				       established_outcome(p), be_id);
 		}
 	}
 
@@ -459,7 +454,7 @@ static __always_inline int place(struct xdp_md *ctx, const struct packet *p, str
 		outcome = is_syn(p) ? STAT_FWD_NEW : STAT_FWD_LEARNED;
 		ct_insert(p, &e);
 	}
-	return account(p, forward(ctx, p, svc->fwd, be, be_id, 0), outcome, sid, be_id);
+	return account(p, forward(ctx, p, svc->fwd, be, be_id, 0), outcome, be_id);
 }
 
 /* fc_slot returns the flow cache entry a flow may occupy. The index is a
@@ -565,9 +560,10 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		return XDP_PASS;
 	}
 	copy = copy && fc->gen == fc_generation();
-	/* A copy of an l2dsr flow (no flags) holds all its packets need. */
-	if (copy && fc->flags == FWD_L2DSR << 8)
-		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), established_outcome(p), fc->service, fc->backend);
+	/* A copy of an l2dsr flow (no flags) holds all its segments need (an
+	 * ICMP error about the flow, counted apart, takes established()). */
+	if (copy && fc->flags == FWD_L2DSR << 8 && p->kind == PKT_TCP)
+		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), STAT_FWD_ESTABLISHED, fc->backend);
 	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;

@@ -154,19 +154,24 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct counters);
-} service_stats SEC(".maps");
-
+/* Per CPU, indexed by backend id: a forwarded packet's one counter
+ * update (one inlined array read, three increments). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct counters);
-} backend_stats SEC(".maps");
+} backend_traffic SEC(".maps");
+
+/* Written by the maps API only, never by the data plane: what removed
+ * backends had counted, per service (index: service id) and in all
+ * (RETIRED_ALL), so the sums readers make never go down. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SERVICES + 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} retired_traffic SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -188,15 +193,23 @@ static __always_inline void count(__u32 reason)
 		*v += 1;
 }
 
-static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes, int new_flow)
+/* count_forwarded counts a forwarded packet on its backend, and its
+ * outcome in stats unless that is fwd_established (which the backend's
+ * counters hold). */
+static __always_inline void count_forwarded(__u32 be_id, __u32 len, __u32 outcome)
 {
-	struct counters *c = bpf_map_lookup_elem(map, &idx);
+	struct counters *c;
 
+	if (outcome != STAT_FWD_ESTABLISHED)
+		count(outcome);
+	c = bpf_map_lookup_elem(&backend_traffic, &be_id);
 	if (!c)
 		return;
 	c->packets += 1;
-	c->bytes += bytes;
-	if (new_flow)
+	c->bytes += len;
+	if (outcome == STAT_FWD_ESTABLISHED)
+		c->established += 1;
+	else if (outcome == STAT_FWD_NEW || outcome == STAT_FWD_RESCHEDULED || outcome == STAT_FWD_AFFINITY)
 		c->new_flows += 1;
 }
 

@@ -44,12 +44,14 @@ struct addr_key {
 	__u8 pad[3];
 };
 
-/* backends value, indexed by backend id. */
+/* backends value, indexed by backend id. A backend is one (service, node)
+ * pair: its counters are that pair's, and readers add them up into the
+ * service's (the data plane never reads service). */
 struct backend {
 	__u8 addr[16];
 	__u8 family;
-	__u8 state; /* BE_* */
-	__u16 pad;
+	__u8 state;    /* BE_* */
+	__u16 service; /* the service id the pair belongs to */
 	__u32 island;
 };
 
@@ -168,11 +170,15 @@ struct name_key {
 	__u8 name[128];
 };
 
-/* Per-CPU traffic counters of a service or a backend. */
+/* Traffic counters of a backend (per CPU, in backend_traffic) or of
+ * backends since removed (retired_traffic). A forwarded packet is counted
+ * once, here; service totals and the fwd_established outcome are sums the
+ * reader makes (maps.ReadTraffic). */
 struct counters {
 	__u64 packets;
 	__u64 bytes;
-	__u64 new_flows;
+	__u64 new_flows;   /* packets counted as fwd_new, fwd_rescheduled or fwd_affinity */
+	__u64 established; /* packets counted as fwd_established */
 };
 
 #endif

@@ -12,6 +12,8 @@ const (
 	// MaxRings is the size of the outer rings map: one slot per
 	// (service, island).
 	MaxRings = MaxServices * MaxIslands
+	// RetiredAll is retired_traffic's entry for every removed backend.
+	RetiredAll = MaxServices
 	// MaxBackends is the number of backend ids (0..MaxBackends-1).
 	MaxBackends = 4096
 	// MaxVIPAddrs is the size of the vip_addrs map.

@@ -24,23 +24,23 @@ import (
 
 // Names of the maps a balancer collection must have.
 const (
-	MapServices     = "services"
-	MapServiceState = "service_state"
-	MapVIPAddrs     = "vip_addrs"
-	MapVIPFilter    = "vip_filter"
-	MapBackends     = "backends"
-	MapRings        = "rings"
-	MapRingsPrev    = "rings_prev"
-	MapRingGrace    = "ring_grace"
-	MapConntrack4   = "conntrack4"
-	MapConntrack6   = "conntrack6"
-	MapNextHops     = "nh_cache"
-	MapFlowCache    = "flow_cache"
-	MapFlowCacheGen = "flow_cache_gen"
-	MapConfig       = "config"
-	MapStats        = "stats"
-	MapServiceStats = "service_stats"
-	MapBackendStats = "backend_stats"
+	MapServices       = "services"
+	MapServiceState   = "service_state"
+	MapVIPAddrs       = "vip_addrs"
+	MapVIPFilter      = "vip_filter"
+	MapBackends       = "backends"
+	MapRings          = "rings"
+	MapRingsPrev      = "rings_prev"
+	MapRingGrace      = "ring_grace"
+	MapConntrack4     = "conntrack4"
+	MapConntrack6     = "conntrack6"
+	MapNextHops       = "nh_cache"
+	MapFlowCache      = "flow_cache"
+	MapFlowCacheGen   = "flow_cache_gen"
+	MapConfig         = "config"
+	MapStats          = "stats"
+	MapBackendTraffic = "backend_traffic"
+	MapRetiredTraffic = "retired_traffic"
 )
 
 // Service is one VIP:port served by the balancer (TCP).
@@ -53,16 +53,17 @@ type Service struct {
 	Route   RouteMode
 }
 
-// Backend is one node as the data plane sees it.
+// Backend is one (service, node) pair as the data plane sees it.
 type Backend struct {
-	ID     uint32 // 0..MaxBackends-1
-	Addr   netip.Addr
-	State  BackendState
-	Island uint32
+	ID      uint32 // 0..MaxBackends-1
+	Addr    netip.Addr
+	State   BackendState
+	Island  uint32
+	Service uint32 // the service whose counters include this backend's
 }
 
 // Counters are the traffic counters of a service or a backend, summed
-// over CPUs.
+// over CPUs (a service's: over its backends, present and removed).
 type Counters struct {
 	Packets  uint64
 	Bytes    uint64
@@ -96,11 +97,14 @@ type Maps struct {
 	FlowCacheGen *ebpf.Map // one u32: copies made under another value are stale
 	Config       *ebpf.Map
 	Stats        *ebpf.Map
-	ServiceStats *ebpf.Map
-	BackendStats *ebpf.Map
-	Names        *ebpf.Map // control-plane ids by name (never read by XDP)
-	Affinity4    *ebpf.Map // client IPv4 prefix -> island (front door)
-	Affinity6    *ebpf.Map // client IPv6 prefix -> island (front door)
+	// BackendTraffic counts each forwarded packet once, per backend (per
+	// CPU); RetiredTraffic holds what removed backends had counted, per
+	// service and in all (RetiredAll), written only here.
+	BackendTraffic *ebpf.Map
+	RetiredTraffic *ebpf.Map
+	Names          *ebpf.Map // control-plane ids by name (never read by XDP)
+	Affinity4      *ebpf.Map // client IPv4 prefix -> island (front door)
+	Affinity6      *ebpf.Map // client IPv6 prefix -> island (front door)
 
 	// RingGrace is how long a ring change counts as recent (zero:
 	// DefaultRingGrace): meanwhile the data plane remembers SYNs placed on
@@ -125,26 +129,26 @@ const DefaultRingGrace = 5 * time.Second
 func New(coll *ebpf.Collection) (*Maps, error) {
 	m := &Maps{}
 	for name, dst := range map[string]**ebpf.Map{
-		MapServices:     &m.Services,
-		MapServiceState: &m.ServiceState,
-		MapVIPAddrs:     &m.VIPAddrs,
-		MapVIPFilter:    &m.VIPFilter,
-		MapBackends:     &m.Backends,
-		MapRings:        &m.Rings,
-		MapRingsPrev:    &m.RingsPrev,
-		MapRingGrace:    &m.RingGraceEnd,
-		MapConntrack4:   &m.Conntrack4,
-		MapConntrack6:   &m.Conntrack6,
-		MapNextHops:     &m.NextHops,
-		MapFlowCache:    &m.FlowCache,
-		MapFlowCacheGen: &m.FlowCacheGen,
-		MapConfig:       &m.Config,
-		MapStats:        &m.Stats,
-		MapServiceStats: &m.ServiceStats,
-		MapBackendStats: &m.BackendStats,
-		MapNames:        &m.Names,
-		MapAffinity4:    &m.Affinity4,
-		MapAffinity6:    &m.Affinity6,
+		MapServices:       &m.Services,
+		MapServiceState:   &m.ServiceState,
+		MapVIPAddrs:       &m.VIPAddrs,
+		MapVIPFilter:      &m.VIPFilter,
+		MapBackends:       &m.Backends,
+		MapRings:          &m.Rings,
+		MapRingsPrev:      &m.RingsPrev,
+		MapRingGrace:      &m.RingGraceEnd,
+		MapConntrack4:     &m.Conntrack4,
+		MapConntrack6:     &m.Conntrack6,
+		MapNextHops:       &m.NextHops,
+		MapFlowCache:      &m.FlowCache,
+		MapFlowCacheGen:   &m.FlowCacheGen,
+		MapConfig:         &m.Config,
+		MapStats:          &m.Stats,
+		MapBackendTraffic: &m.BackendTraffic,
+		MapRetiredTraffic: &m.RetiredTraffic,
+		MapNames:          &m.Names,
+		MapAffinity4:      &m.Affinity4,
+		MapAffinity6:      &m.Affinity6,
 	} {
 		mp, ok := coll.Maps[name]
 		if !ok {
@@ -252,6 +256,17 @@ func (m *Maps) PutService(s Service) error {
 	if !existed {
 		if err := m.adjustVIP(s.VIP, +1); err != nil {
 			return err
+		}
+	}
+	var st bpf.BalancerSvcState
+	if err := m.ServiceState.Lookup(s.ID, &st); err != nil {
+		return fmt.Errorf("maps: service %d state: %w", s.ID, err)
+	}
+	if st.Fwd == 0 {
+		// The id held no service: what an earlier holder's backends
+		// counted is not this service's.
+		if err := m.RetiredTraffic.Put(s.ID, &bpf.BalancerCounters{}); err != nil {
+			return fmt.Errorf("maps: service %d retired counters: %w", s.ID, err)
 		}
 	}
 	// New generation first: flows of the old one take the full path,
@@ -395,17 +410,36 @@ func (m *Maps) PutBackend(b Backend) error {
 	if b.State > StateDown {
 		return fmt.Errorf("maps: backend %d: unknown state %d", b.ID, b.State)
 	}
+	if b.Service >= MaxServices {
+		return fmt.Errorf("maps: backend %d: service id %d out of range (max %d)", b.ID, b.Service, MaxServices-1)
+	}
 	var v bpf.BalancerBackend
 	putAddr(&v.Addr, b.Addr)
 	v.Family = family(b.Addr)
 	v.State = uint8(b.State)
+	v.Service = uint16(b.Service)
 	v.Island = b.Island
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var old bpf.BalancerBackend
 	if err := m.Backends.Lookup(b.ID, &old); err != nil {
 		return fmt.Errorf("maps: read backend %d: %w", b.ID, err)
 	}
 	if old == v {
 		return nil
+	}
+	switch {
+	case old.State == uint8(StateUnused):
+		// A slot taken into use counts from zero (an earlier version
+		// left a removed backend's counts in place).
+		if err := m.zeroTraffic(b.ID); err != nil {
+			return err
+		}
+	case old.Service != v.Service:
+		// Another pair now: what it counted stays its service's.
+		if err := m.retire(b.ID, uint32(old.Service)); err != nil {
+			return err
+		}
 	}
 	if err := m.Backends.Put(b.ID, &v); err != nil {
 		return fmt.Errorf("maps: put backend %d (%v): %w", b.ID, b.Addr, err)
@@ -419,7 +453,7 @@ func (m *Maps) Backend(id uint32) (Backend, error) {
 	if err := m.Backends.Lookup(id, &v); err != nil {
 		return Backend{}, fmt.Errorf("maps: backend %d: %w", id, err)
 	}
-	b := Backend{ID: id, State: BackendState(v.State), Island: v.Island}
+	b := Backend{ID: id, State: BackendState(v.State), Island: v.Island, Service: uint32(v.Service)}
 	if v.State != uint8(StateUnused) {
 		b.Addr = getAddr(v.Addr, v.Family)
 	}
@@ -440,13 +474,25 @@ func (m *Maps) SetBackendState(id uint32, s BackendState) error {
 }
 
 // DeleteBackend frees a backend slot. Flows still pinned to it are
-// re-placed on their next packet.
+// re-placed on their next packet. Its counts move to its service's
+// retired ones, so the service's totals do not go down.
 func (m *Maps) DeleteBackend(id uint32) error {
-	var v bpf.BalancerBackend
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var old, v bpf.BalancerBackend
+	if err := m.Backends.Lookup(id, &old); err != nil {
+		return fmt.Errorf("maps: delete backend %d: %w", id, err)
+	}
 	if err := m.Backends.Put(id, &v); err != nil {
 		return fmt.Errorf("maps: delete backend %d: %w", id, err)
 	}
-	return m.bumpFlowCacheGen()
+	if err := m.bumpFlowCacheGen(); err != nil {
+		return err
+	}
+	if old.State == uint8(StateUnused) {
+		return nil
+	}
+	return m.retire(id, uint32(old.Service))
 }
 
 // RingSlot is the index of (service, island) in the outer rings map.
@@ -618,55 +664,6 @@ func (m *Maps) SetSources(v4, v6 netip.Addr) error {
 		return fmt.Errorf("maps: put config: %w", err)
 	}
 	return nil
-}
-
-// ReadStats returns every outcome counter summed over CPUs.
-func (m *Maps) ReadStats() ([NumStats]uint64, error) {
-	var out [NumStats]uint64
-	for i := range out {
-		var per []uint64
-		if err := m.Stats.Lookup(uint32(i), &per); err != nil {
-			return out, fmt.Errorf("maps: stats %s: %w", StatName(Stat(i)), err)
-		}
-		for _, v := range per {
-			out[i] += v
-		}
-	}
-	return out, nil
-}
-
-func readCounters(mp *ebpf.Map, id uint32) (Counters, error) {
-	var (
-		per []bpf.BalancerCounters
-		c   Counters
-	)
-	if err := mp.Lookup(id, &per); err != nil {
-		return c, err
-	}
-	for _, v := range per {
-		c.Packets += v.Packets
-		c.Bytes += v.Bytes
-		c.NewFlows += v.NewFlows
-	}
-	return c, nil
-}
-
-// ServiceCounters returns a service's counters summed over CPUs.
-func (m *Maps) ServiceCounters(id uint32) (Counters, error) {
-	c, err := readCounters(m.ServiceStats, id)
-	if err != nil {
-		return c, fmt.Errorf("maps: service %d counters: %w", id, err)
-	}
-	return c, nil
-}
-
-// BackendCounters returns a backend's counters summed over CPUs.
-func (m *Maps) BackendCounters(id uint32) (Counters, error) {
-	c, err := readCounters(m.BackendStats, id)
-	if err != nil {
-		return c, fmt.Errorf("maps: backend %d counters: %w", id, err)
-	}
-	return c, nil
 }
 
 // flow4Key is the IPv4 conntrack key of k.

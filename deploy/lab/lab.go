@@ -566,7 +566,7 @@ func (l *Lab) Configure(svc maps.Service, nodesV6 bool) ([]uint32, error) {
 		if nodesV6 {
 			a = n.V6
 		}
-		if err := m.PutBackend(maps.Backend{ID: n.ID, Addr: a, State: maps.StateUp, Island: svc.Island}); err != nil {
+		if err := m.PutBackend(maps.Backend{ID: n.ID, Addr: a, State: maps.StateUp, Island: svc.Island, Service: svc.ID}); err != nil {
 			return nil, err
 		}
 		ring = append(ring, maps.MaglevNode{Name: n.Name, ID: n.ID, Weight: 1})

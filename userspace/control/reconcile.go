@@ -267,7 +267,7 @@ func (r *Reconciler) plan(cfg *config.Config, hf HealthFunc, drains map[string]b
 						ring = append(ring, maps.MaglevNode{Name: n.Name, ID: bid, Weight: n.Weight})
 						fmt.Fprintf(&inputs, ";%s=%d*%d", n.Name, bid, n.Weight)
 					}
-					d.backends[bid] = maps.Backend{ID: bid, Addr: addr, State: ns.State, Island: nodeIsland}
+					d.backends[bid] = maps.Backend{ID: bid, Addr: addr, State: ns.State, Island: nodeIsland, Service: sid}
 					st.Nodes = append(st.Nodes, ns)
 				}
 				d.rings[ringSlot{sid, nodeIsland}] = ringPlan{inputs: inputs.String(), nodes: ring}

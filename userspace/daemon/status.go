@@ -58,17 +58,20 @@ func (d *Daemon) apiStatus() (api.Status, error) {
 		sort.Strings(st.Drained)
 	}
 	checks := d.mon.Statuses()
+	var traffic maps.Traffic
+	if m != nil {
+		var err error
+		if traffic, err = m.ReadTraffic(); err != nil {
+			return st, err
+		}
+	}
 	for _, s := range d.Status() {
 		as := api.Service{
 			Name: s.Name, ID: s.ID, VIP: s.VIP, Protocol: s.Protocol, Forwarding: s.Forwarding,
 			Routing: s.Routing, Island: s.Island, RingSize: s.RingSize,
 		}
 		if m != nil {
-			c, err := m.ServiceCounters(s.ID)
-			if err != nil {
-				return st, err
-			}
-			as.Counters = api.Counters(c)
+			as.Counters = api.Counters(traffic.Services[s.ID])
 		}
 		for _, n := range s.Nodes {
 			an := api.Node{
@@ -87,23 +90,15 @@ func (d *Daemon) apiStatus() (api.Status, error) {
 				an.Checks = append(an.Checks, ac)
 			}
 			if m != nil {
-				c, err := m.BackendCounters(n.BackendID)
-				if err != nil {
-					return st, err
-				}
-				an.Counters = api.Counters(c)
+				an.Counters = api.Counters(traffic.Backends[n.BackendID])
 			}
 			as.Nodes = append(as.Nodes, an)
 		}
 		st.Services = append(st.Services, as)
 	}
 	if m != nil {
-		stats, err := m.ReadStats()
-		if err != nil {
-			return st, err
-		}
 		st.Outcomes = map[string]uint64{}
-		for i, v := range stats {
+		for i, v := range traffic.Outcomes {
 			if v != 0 {
 				st.Outcomes[maps.StatName(maps.Stat(i))] = v
 			}

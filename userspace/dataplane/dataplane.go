@@ -37,6 +37,12 @@ type Options struct {
 // between versions without `atoll reset`.
 var caches = []string{maps.MapFlowCache, maps.MapNextHops}
 
+// superseded are maps an earlier version pinned that this one has no
+// more: a load removes them. service_stats and backend_stats were the
+// per-service and per-backend counters before a packet was counted once,
+// per backend (backend_traffic): the counters restart at the upgrade.
+var superseded = []string{"service_stats", "backend_stats"}
+
 func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, error) {
 	if opts.ConntrackSize != 0 {
 		for _, name := range []string{maps.MapConntrack4, maps.MapConntrack6} {
@@ -68,8 +74,9 @@ func prepare(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, 
 		if err := EnsureBPFFS(opts.PinPath); err != nil {
 			return nil, err
 		}
-		// Caches an earlier version pinned: their memory goes with them.
-		for _, name := range caches {
+		// Caches and maps an earlier version pinned: their memory goes
+		// with them.
+		for _, name := range slices.Concat(caches, superseded) {
 			if err := os.Remove(filepath.Join(opts.PinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("dataplane: remove the earlier pinned %s: %w", name, err)
 			}

@@ -142,8 +142,9 @@ func setupSized(t testing.TB, e *progEnv, ctSize uint32, svcs ...maps.Service) *
 	return b
 }
 
-// putNodes writes the test nodes as backends of the given family and
-// installs one ring over those in `up` for every service.
+// putNodes writes the test nodes as backends of the given family (and
+// of the first service, for counting) and installs one ring over those
+// in `up` for every service.
 func putNodes(t testing.TB, m *maps.Maps, v6 bool, svcs []maps.Service, up ...int) []uint32 {
 	t.Helper()
 	var ring []maps.MaglevNode
@@ -152,7 +153,7 @@ func putNodes(t testing.TB, m *maps.Maps, v6 bool, svcs []maps.Service, up ...in
 		if v6 {
 			a = n.v6
 		}
-		if err := m.PutBackend(maps.Backend{ID: n.id, Addr: a, State: maps.StateUp}); err != nil {
+		if err := m.PutBackend(maps.Backend{ID: n.id, Addr: a, State: maps.StateUp, Service: svcs[0].ID}); err != nil {
 			t.Fatal(err)
 		}
 		for _, u := range up {

@@ -68,6 +68,14 @@ func TestPinnedAdoption(t *testing.T) {
 	mustDo(t, err)
 	mustDo(t, oldCache.Pin(filepath.Join(dir, maps.MapFlowCache)))
 	oldCache.Close()
+	// The per-service and per-backend counters of an earlier version
+	// (24-byte values): superseded, removed at load.
+	for _, name := range []string{"service_stats", "backend_stats"} {
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 24, MaxEntries: maps.MaxBackends})
+		mustDo(t, err)
+		mustDo(t, old.Pin(filepath.Join(dir, name)))
+		old.Close()
+	}
 
 	b2, err := dataplane.LoadBalancer(dataplane.Options{PinPath: dir, ConntrackSize: 4096})
 	if err != nil {
@@ -85,9 +93,9 @@ func TestPinnedAdoption(t *testing.T) {
 	if names, _ := b2.Maps.ListNames(); names["s:imap/4"] != 7 {
 		t.Fatalf("adopted names %v", names)
 	}
-	for _, name := range []string{maps.MapFlowCache, maps.MapNextHops} {
+	for _, name := range []string{maps.MapFlowCache, maps.MapNextHops, "service_stats", "backend_stats"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
-			t.Fatalf("cache %s pinned after the load (%v)", name, err)
+			t.Fatalf("%s pinned after the load (%v)", name, err)
 		}
 	}
 	if !filterBit(t, b2.Maps, vip4) {

@@ -184,6 +184,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAffLearned, prometheus.GaugeValue, float64(learned))
 		ch <- prometheus.MustNewConstMetric(descAffConflict, prometheus.CounterValue, float64(conflicts))
 	}
+	var traffic maps.Traffic
+	if m != nil {
+		var err error
+		if traffic, err = m.ReadTraffic(); err != nil {
+			c.log.Warn("metrics: read traffic counters", "err", err)
+			m = nil
+		}
+	}
 	for _, s := range status {
 		fam := "4"
 		if s.VIP.Addr().Is6() {
@@ -201,11 +209,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if m == nil {
 				continue
 			}
-			bc, err := m.BackendCounters(n.BackendID)
-			if err != nil {
-				c.log.Warn("metrics: read backend counters", "err", err)
-				continue
-			}
+			bc := traffic.Backends[n.BackendID]
 			ch <- prometheus.MustNewConstMetric(descNodePackets, prometheus.CounterValue, float64(bc.Packets), s.Name, n.Node, fam)
 			ch <- prometheus.MustNewConstMetric(descNodeBytes, prometheus.CounterValue, float64(bc.Bytes), s.Name, n.Node, fam)
 			ch <- prometheus.MustNewConstMetric(descNodeFlows, prometheus.CounterValue, float64(bc.NewFlows), s.Name, n.Node, fam)
@@ -213,11 +217,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if m == nil {
 			continue
 		}
-		sc, err := m.ServiceCounters(s.ID)
-		if err != nil {
-			c.log.Warn("metrics: read service counters", "err", err)
-			continue
-		}
+		sc := traffic.Services[s.ID]
 		vip := s.VIP.String()
 		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Packets), s.Name, vip)
 		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Bytes), s.Name, vip)
@@ -226,13 +226,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if m == nil {
 		return
 	}
-	stats, err := m.ReadStats()
-	if err != nil {
-		c.log.Warn("metrics: read outcome counters", "err", err)
-	} else {
-		for i, v := range stats {
-			ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(v), maps.StatName(maps.Stat(i)))
-		}
+	for i, v := range traffic.Outcomes {
+		ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(v), maps.StatName(maps.Stat(i)))
 	}
 	c.mu.Lock()
 	if time.Since(c.ctAt) > 10*time.Second {
