@@ -57,7 +57,6 @@ func (d *Daemon) apiStatus() (api.Status, error) {
 		}
 		sort.Strings(st.Drained)
 	}
-	checks := d.mon.Statuses()
 	var traffic maps.Traffic
 	if m != nil {
 		var err error
@@ -65,7 +64,11 @@ func (d *Daemon) apiStatus() (api.Status, error) {
 			return st, err
 		}
 	}
-	for _, s := range d.Status() {
+	// Node states before checks: a state follows its checks, so a node
+	// shown down never comes with the checks from before it went down.
+	services := d.Status()
+	checks := d.mon.Statuses()
+	for _, s := range services {
 		as := api.Service{
 			Name: s.Name, ID: s.ID, VIP: s.VIP, Protocol: s.Protocol, Forwarding: s.Forwarding,
 			Routing: s.Routing, Island: s.Island, RingSize: s.RingSize,
