@@ -36,24 +36,32 @@ func (m *Maps) ReadTraffic() (Traffic, error) {
 		}
 	}
 	backends := make([]bpf.BalancerBackend, MaxBackends)
-	if err := lookupAll(m.Backends, backends); err != nil {
+	if err := lookupFirst(m.Backends, len(backends), backends); err != nil {
 		return t, fmt.Errorf("maps: read backends: %w", err)
+	}
+	// Only the ids up to the highest in use: the control plane hands out
+	// low ids, and each entry is one value per CPU.
+	used := 0
+	for id, b := range backends {
+		if b.State != uint8(StateUnused) {
+			used = id + 1
+		}
 	}
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return t, err
 	}
-	per := make([]bpf.BalancerCounters, MaxBackends*cpus)
-	if err := lookupAll(m.BackendTraffic, per); err != nil {
+	per := make([]bpf.BalancerCounters, used*cpus)
+	if err := lookupFirst(m.BackendTraffic, used, per); err != nil {
 		return t, fmt.Errorf("maps: read backend counters: %w", err)
 	}
 	retired := make([]bpf.BalancerCounters, MaxServices+1)
-	if err := lookupAll(m.RetiredTraffic, retired); err != nil {
+	if err := lookupFirst(m.RetiredTraffic, len(retired), retired); err != nil {
 		return t, fmt.Errorf("maps: read retired counters: %w", err)
 	}
 	var all bpf.BalancerCounters
 	add(&all, retired[RetiredAll])
-	for id, b := range backends {
+	for id, b := range backends[:used] {
 		if b.State == uint8(StateUnused) {
 			continue
 		}
@@ -143,17 +151,20 @@ func (m *Maps) zeroTraffic(id uint32) error {
 	return nil
 }
 
-// lookupAll reads every entry of an array map (values: one per entry, or
-// one per entry and CPU for a per-CPU array) in one batch.
-func lookupAll[V any](mp *ebpf.Map, values []V) error {
-	keys := make([]uint32, mp.MaxEntries())
+// lookupFirst reads entries 0..n-1 of an array map (values: one per
+// entry, or one per entry and CPU for a per-CPU array) in one batch.
+func lookupFirst[V any](mp *ebpf.Map, n int, values []V) error {
+	if n == 0 {
+		return nil
+	}
+	keys := make([]uint32, n)
 	var cursor ebpf.MapBatchCursor
-	n, err := mp.BatchLookup(&cursor, keys, values, nil)
+	got, err := mp.BatchLookup(&cursor, keys, values, nil)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
 	}
-	if n != len(keys) {
-		return fmt.Errorf("batch lookup gave %d of %d entries", n, len(keys))
+	if got != n {
+		return fmt.Errorf("batch lookup gave %d of %d entries", got, n)
 	}
 	return nil
 }
