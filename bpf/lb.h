@@ -553,6 +553,11 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 			return CONTINUE;
 	}
 	copy = fc && fc_hit(fc, p, now);
+	/* A copy of an l2dsr flow (no flags) of the current generation holds
+	 * all its segments need (an ICMP error about the flow, counted apart,
+	 * takes established()). Tested first: the flags exclude LOCAL. */
+	if (copy && fc->flags == FWD_L2DSR << 8 && p->kind == PKT_TCP && fc->gen == fc_generation())
+		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), STAT_FWD_ESTABLISHED, fc->backend);
 	/* A LOCAL copy passes whatever the generation, as a LOCAL entry
 	 * passes before established() checks anything. */
 	if (copy && (fc->flags & CT_F_LOCAL)) {
@@ -560,10 +565,6 @@ static __always_inline int track(struct xdp_md *ctx, struct packet *p, struct se
 		return XDP_PASS;
 	}
 	copy = copy && fc->gen == fc_generation();
-	/* A copy of an l2dsr flow (no flags) holds all its segments need (an
-	 * ICMP error about the flow, counted apart, takes established()). */
-	if (copy && fc->flags == FWD_L2DSR << 8 && p->kind == PKT_TCP)
-		return account(p, l2_out(ctx, p, fc->dmac, fc->ifindex), STAT_FWD_ESTABLISHED, fc->backend);
 	if (copy) {
 		sid = fc->service;
 		be_id = fc->backend;
