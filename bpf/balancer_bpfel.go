@@ -208,6 +208,7 @@ const (
 	BalancerMapServiceState   = "service_state"
 	BalancerMapServices       = "services"
 	BalancerMapStats          = "stats"
+	BalancerMapSvcTable       = "svc_table"
 	BalancerMapVipAddrs       = "vip_addrs"
 	BalancerMapVipFilter      = "vip_filter"
 	BalancerProgXdpBalancer   = "xdp_balancer"
@@ -281,6 +282,7 @@ type BalancerMapSpecs struct {
 	ServiceState   *ebpf.MapSpec `ebpf:"service_state"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	SvcTable       *ebpf.MapSpec `ebpf:"svc_table"`
 	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
 	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
 }
@@ -330,6 +332,7 @@ type BalancerMaps struct {
 	ServiceState   *ebpf.Map `ebpf:"service_state"`
 	Services       *ebpf.Map `ebpf:"services"`
 	Stats          *ebpf.Map `ebpf:"stats"`
+	SvcTable       *ebpf.Map `ebpf:"svc_table"`
 	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
 	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
 }
@@ -354,6 +357,7 @@ func (m *BalancerMaps) Close() error {
 		m.ServiceState,
 		m.Services,
 		m.Stats,
+		m.SvcTable,
 		m.VipAddrs,
 		m.VipFilter,
 	)

@@ -209,6 +209,7 @@ const (
 	BenchMapServiceState   = "service_state"
 	BenchMapServices       = "services"
 	BenchMapStats          = "stats"
+	BenchMapSvcTable       = "svc_table"
 	BenchMapVipAddrs       = "vip_addrs"
 	BenchMapVipFilter      = "vip_filter"
 	BenchProgXdpBaseline   = "xdp_baseline"
@@ -287,6 +288,7 @@ type BenchMapSpecs struct {
 	ServiceState   *ebpf.MapSpec `ebpf:"service_state"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	SvcTable       *ebpf.MapSpec `ebpf:"svc_table"`
 	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
 	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
 }
@@ -339,6 +341,7 @@ type BenchMaps struct {
 	ServiceState   *ebpf.Map `ebpf:"service_state"`
 	Services       *ebpf.Map `ebpf:"services"`
 	Stats          *ebpf.Map `ebpf:"stats"`
+	SvcTable       *ebpf.Map `ebpf:"svc_table"`
 	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
 	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
 }
@@ -364,6 +367,7 @@ func (m *BenchMaps) Close() error {
 		m.ServiceState,
 		m.Services,
 		m.Stats,
+		m.SvcTable,
 		m.VipAddrs,
 		m.VipFilter,
 	)

@@ -18,6 +18,14 @@
 #define VIP_FILTER_LOG2 12
 #define VIP_FILTER_BITS (1 << VIP_FILTER_LOG2)
 
+/* The services table: a direct-mapped copy of the services hash, read
+ * with two inlined array lookups instead of a hash lookup (maps/svctable.go
+ * builds it). A slot two services share holds the key family
+ * SVC_SLOT_SHARED: its services are looked up in the hash. */
+#define SVC_TABLE_LOG2 12
+#define SVC_TABLE_SIZE (1 << SVC_TABLE_LOG2)
+#define SVC_SLOT_SHARED 0xff
+
 /* Defaults the Go loader may override through the MapSpec. */
 #define CT_SIZE_DEFAULT 65536
 #define RING_SIZE_DEFAULT 65537

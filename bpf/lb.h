@@ -18,14 +18,44 @@ _Static_assert(__builtin_offsetof(struct flow_key, dst) == 16 && __builtin_offse
 		       __builtin_offsetof(struct svc_key, family) == 19 && sizeof(struct svc_key) == 20,
 	       "lookup_service copies flow_key words into svc_key");
 
+_Static_assert(sizeof(struct svc_slot) == 32 && __builtin_offsetof(struct svc_slot, svc) == 20,
+	       "svc_slot: a key's five words, then the service");
+
+/* svc_slot_of is the services table slot of a key (maps.SvcSlot mirrors
+ * it): the address words and the port's word turned half over, so
+ * services on one VIP spread by port. */
+static __always_inline __u32 svc_slot_of(const struct svc_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+
+	return top_bits(w[0] ^ w[1] ^ w[2] ^ w[3] ^ rol32(w[4], 16), SVC_TABLE_LOG2);
+}
+
+/* lookup_service finds the packet's service: in the services table, or
+ * in the hash for a slot two services share (or before a table exists). */
 static __always_inline struct service *lookup_service(const struct packet *p)
 {
 	struct svc_key k __attribute__((aligned(8)));
 	const __u64 *w = (const __u64 *)&p->key;
+	__u32 zero = 0, slot;
+	struct svc_slot *s;
+	void *table;
 
 	((__u64 *)&k)[0] = w[2];
 	((__u64 *)&k)[1] = w[3];
 	((__u32 *)&k)[4] = w[4] >> 16;
+	table = bpf_map_lookup_elem(&svc_table, &zero);
+	if (table) {
+		slot = svc_slot_of(&k);
+		s = bpf_map_lookup_elem(table, &slot);
+		if (!s)
+			return NULL;
+		if (((__u64 *)s)[0] == ((__u64 *)&k)[0] && ((__u64 *)s)[1] == ((__u64 *)&k)[1] &&
+		    ((__u32 *)s)[4] == ((__u32 *)&k)[4])
+			return &s->svc;
+		if (s->key.family != SVC_SLOT_SHARED)
+			return NULL;
+	}
 	return bpf_map_lookup_elem(&services, &k);
 }
 

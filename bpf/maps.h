@@ -16,6 +16,25 @@ struct {
 	__type(value, struct service);
 } services SEC(".maps");
 
+/* The services table (see SVC_TABLE_SIZE), swapped whole by the maps API
+ * after each change to services: an array update is not atomic, a switch
+ * of inner map is. One size, so no BPF_F_INNER_MAP: the verifier inlines
+ * lookups in it. Its value is struct svc_slot, given by size: BTF holds
+ * an inner map's value struct only as a forward declaration. */
+struct svc_table_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SVC_TABLE_SIZE);
+	__type(key, __u32);
+	__uint(value_size, sizeof(struct svc_slot));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct svc_table_inner);
+} svc_table SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_SERVICES);

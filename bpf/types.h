@@ -24,6 +24,13 @@ struct service {
 	__u16 flags;
 };
 
+/* svc_table's inner array value: one service and its key (family 0:
+ * no service; SVC_SLOT_SHARED: ask the services hash). */
+struct svc_slot {
+	struct svc_key key;
+	struct service svc;
+};
+
 /* service_state value, indexed by service id: what an established flow
  * needs of its service without the services hash lookup. The writer bumps
  * gen whenever the service changes or goes; a conntrack entry made under

@@ -24,6 +24,10 @@ const (
 	FlowCacheLog2 = 12
 	// FlowCacheSize is the number of flow cache entries per CPU.
 	FlowCacheSize = 1 << FlowCacheLog2
+	// SvcTableLog2 is log2 of the services table's slots.
+	SvcTableLog2 = 12
+	// SvcTableSize is the number of services table slots.
+	SvcTableSize = 1 << SvcTableLog2
 	// MaxAffinity is the number of client prefixes per family.
 	MaxAffinity = 65536
 	// DefaultConntrackSize is the conntrack size compiled into the object;

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
@@ -17,6 +18,7 @@ func TestConstsMatchObject(t *testing.T) {
 	}
 	for name, want := range map[string]uint32{
 		MapServices:       MaxServices * 2,
+		MapSvcTable:       1,
 		MapServiceState:   MaxServices,
 		MapVIPAddrs:       MaxVIPAddrs,
 		MapVIPFilter:      1,
@@ -43,6 +45,9 @@ func TestConstsMatchObject(t *testing.T) {
 		if m.MaxEntries != want {
 			t.Errorf("map %s: %d entries in the object, Go expects %d", name, m.MaxEntries, want)
 		}
+	}
+	if in := spec.Maps[MapSvcTable].InnerMap; in.MaxEntries != SvcTableSize || in.ValueSize != uint32(binary.Size(svcSlot{})) {
+		t.Errorf("services table template: %d entries of %d bytes, Go expects %d of %d", in.MaxEntries, in.ValueSize, SvcTableSize, binary.Size(svcSlot{}))
 	}
 	if got := spec.Maps[MapRings].InnerMap.MaxEntries; got != DefaultRingSize+1 {
 		t.Errorf("ring template: %d entries, want DefaultRingSize+1 = %d", got, DefaultRingSize+1)

@@ -25,6 +25,7 @@ import (
 // Names of the maps a balancer collection must have.
 const (
 	MapServices       = "services"
+	MapSvcTable       = "svc_table"
 	MapServiceState   = "service_state"
 	MapVIPAddrs       = "vip_addrs"
 	MapVIPFilter      = "vip_filter"
@@ -83,6 +84,7 @@ type Flow struct {
 // Maps is a typed handle on a balancer collection's maps.
 type Maps struct {
 	Services     *ebpf.Map
+	SvcTable     *ebpf.Map // one inner array: the services table, rebuilt from Services
 	ServiceState *ebpf.Map
 	VIPAddrs     *ebpf.Map
 	VIPFilter    *ebpf.Map // a bit per hashed VIP address, rebuilt from VIPAddrs
@@ -130,6 +132,7 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 	m := &Maps{}
 	for name, dst := range map[string]**ebpf.Map{
 		MapServices:       &m.Services,
+		MapSvcTable:       &m.SvcTable,
 		MapServiceState:   &m.ServiceState,
 		MapVIPAddrs:       &m.VIPAddrs,
 		MapVIPFilter:      &m.VIPFilter,
@@ -157,6 +160,9 @@ func New(coll *ebpf.Collection) (*Maps, error) {
 		*dst = mp
 	}
 	if err := m.syncVIPFilter(); err != nil {
+		return nil, err
+	}
+	if err := m.syncSvcTable(); err != nil {
 		return nil, err
 	}
 	// The next packet to each node asks the FIB again.
@@ -280,7 +286,7 @@ func (m *Maps) PutService(s Service) error {
 		}
 		return fmt.Errorf("maps: put service %v:%d: %w", s.VIP, s.Port, err)
 	}
-	return nil
+	return m.syncSvcTable()
 }
 
 // bumpState gives service id a new generation, with the forwarding and
@@ -348,6 +354,9 @@ func (m *Maps) DeleteService(vip netip.Addr, port uint16) error {
 	}
 	if err := m.Services.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("maps: delete service %v:%d: %w", vip, port, err)
+	}
+	if err := m.syncSvcTable(); err != nil {
+		return err
 	}
 	if err := m.bumpState(old.Id, nil); err != nil {
 		return err

@@ -54,6 +54,9 @@ func TestVIPFilter(t *testing.T) {
 		if err := b.Maps.Services.Put(&k, &v); err != nil {
 			t.Fatal(err)
 		}
+		if err := b.Maps.SyncServiceTable(); err != nil {
+			t.Fatal(err)
+		}
 		return packet.TCP(syn(client6, 4000, dst, 143))
 	}
 
