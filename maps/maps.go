@@ -191,12 +191,18 @@ func clearPerCPU[V any](mp *ebpf.Map) error {
 	if err != nil {
 		return err
 	}
-	keys := make([]uint32, mp.MaxEntries())
+	keys := indexes(int(mp.MaxEntries()))
+	_, err = mp.BatchUpdate(keys, make([]V, len(keys)*cpus), nil)
+	return err
+}
+
+// indexes returns the keys 0..n-1 of an array map, for a batch update.
+func indexes(n int) []uint32 {
+	keys := make([]uint32, n)
 	for i := range keys {
 		keys[i] = uint32(i)
 	}
-	_, err = mp.BatchUpdate(keys, make([]V, len(keys)*cpus), nil)
-	return err
+	return keys
 }
 
 func svcKey(vip netip.Addr, port uint16) bpf.BalancerSvcKey {
@@ -542,11 +548,8 @@ func (m *Maps) SetRing(serviceID, island uint32, table []uint32) error {
 	}
 	defer inner.Close()
 
-	keys := make([]uint32, len(table)+1)
+	keys := indexes(len(table) + 1)
 	vals := make([]uint32, len(table)+1)
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
 	vals[0] = uint32(len(table))
 	copy(vals[1:], table)
 	if _, err := inner.BatchUpdate(keys, vals, nil); err != nil {

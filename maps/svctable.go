@@ -3,6 +3,7 @@ package maps
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 
 	"github.com/cilium/ebpf"
 
@@ -27,7 +28,7 @@ const slotShared = 0xff
 func SvcSlot(k bpf.BalancerSvcKey) uint32 {
 	w4 := uint32(k.Port) | uint32(k.Proto)<<16 | uint32(k.Family)<<24
 	x := binary.LittleEndian.Uint32(k.Addr[0:4]) ^ binary.LittleEndian.Uint32(k.Addr[4:8]) ^
-		binary.LittleEndian.Uint32(k.Addr[8:12]) ^ binary.LittleEndian.Uint32(k.Addr[12:16]) ^ (w4<<16 | w4>>16)
+		binary.LittleEndian.Uint32(k.Addr[8:12]) ^ binary.LittleEndian.Uint32(k.Addr[12:16]) ^ bits.RotateLeft32(w4, 16)
 	return topBits(x, SvcTableLog2)
 }
 
@@ -67,18 +68,14 @@ func (m *Maps) syncSvcTable() error {
 		Name:       "svc_table",
 		Type:       ebpf.Array,
 		KeySize:    4,
-		ValueSize:  32,
+		ValueSize:  uint32(binary.Size(svcSlot{})),
 		MaxEntries: SvcTableSize,
 	})
 	if err != nil {
 		return fmt.Errorf("maps: create services table: %w", err)
 	}
 	defer inner.Close()
-	keys := make([]uint32, SvcTableSize)
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
-	if _, err := inner.BatchUpdate(keys, slots, nil); err != nil {
+	if _, err := inner.BatchUpdate(indexes(SvcTableSize), slots, nil); err != nil {
 		return fmt.Errorf("maps: fill services table: %w", err)
 	}
 	if err := m.SvcTable.Put(uint32(0), inner); err != nil {

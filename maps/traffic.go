@@ -59,25 +59,26 @@ func (m *Maps) ReadTraffic() (Traffic, error) {
 	if err := lookupFirst(m.RetiredTraffic, len(retired), retired); err != nil {
 		return t, fmt.Errorf("maps: read retired counters: %w", err)
 	}
-	var all bpf.BalancerCounters
-	add(&all, retired[RetiredAll])
+	all := retired[RetiredAll]
+	services := map[uint32]bpf.BalancerCounters{}
+	for id, r := range retired[:MaxServices] {
+		if r != (bpf.BalancerCounters{}) {
+			services[uint32(id)] = r
+		}
+	}
 	for id, b := range backends[:used] {
 		if b.State == uint8(StateUnused) {
 			continue
 		}
-		var c bpf.BalancerCounters
-		for _, v := range per[id*cpus : (id+1)*cpus] {
-			add(&c, v)
-		}
+		c := total(per[id*cpus : (id+1)*cpus])
 		add(&all, c)
 		t.Backends[uint32(id)] = counters(c)
-		svc := uint32(b.Service)
-		t.Services[svc] = sum(t.Services[svc], counters(c))
+		svc := services[uint32(b.Service)]
+		add(&svc, c)
+		services[uint32(b.Service)] = svc
 	}
-	for id, r := range retired[:MaxServices] {
-		if r != (bpf.BalancerCounters{}) {
-			t.Services[uint32(id)] = sum(t.Services[uint32(id)], counters(r))
-		}
+	for id, c := range services {
+		t.Services[id] = counters(c)
 	}
 	t.Outcomes[StatFwdEstablished] = all.Established
 	return t, nil
@@ -101,15 +102,17 @@ func (m *Maps) ServiceCounters(id uint32) (Counters, error) {
 
 // BackendCounters returns a backend's counters summed over CPUs.
 func (m *Maps) BackendCounters(id uint32) (Counters, error) {
+	c, err := m.backendTotal(id)
+	return counters(c), err
+}
+
+// backendTotal reads a backend's counters, summed over CPUs.
+func (m *Maps) backendTotal(id uint32) (bpf.BalancerCounters, error) {
 	var per []bpf.BalancerCounters
 	if err := m.BackendTraffic.Lookup(id, &per); err != nil {
-		return Counters{}, fmt.Errorf("maps: backend %d counters: %w", id, err)
+		return bpf.BalancerCounters{}, fmt.Errorf("maps: backend %d counters: %w", id, err)
 	}
-	var c bpf.BalancerCounters
-	for _, v := range per {
-		add(&c, v)
-	}
-	return counters(c), nil
+	return total(per), nil
 }
 
 // retire moves a removed backend's counts to its service's and the
@@ -118,13 +121,9 @@ func (m *Maps) BackendCounters(id uint32) (Counters, error) {
 // counted between the two writes (by a CPU still forwarding to the
 // backend as it goes) is lost.
 func (m *Maps) retire(id, service uint32) error {
-	var per []bpf.BalancerCounters
-	if err := m.BackendTraffic.Lookup(id, &per); err != nil {
-		return fmt.Errorf("maps: backend %d counters: %w", id, err)
-	}
-	var c bpf.BalancerCounters
-	for _, v := range per {
-		add(&c, v)
+	c, err := m.backendTotal(id)
+	if err != nil {
+		return err
 	}
 	for _, idx := range []uint32{service, RetiredAll} {
 		var r bpf.BalancerCounters
@@ -169,6 +168,15 @@ func lookupFirst[V any](mp *ebpf.Map, n int, values []V) error {
 	return nil
 }
 
+// total sums one entry's per-CPU counters.
+func total(per []bpf.BalancerCounters) bpf.BalancerCounters {
+	var c bpf.BalancerCounters
+	for _, v := range per {
+		add(&c, v)
+	}
+	return c
+}
+
 func add(dst *bpf.BalancerCounters, v bpf.BalancerCounters) {
 	dst.Packets += v.Packets
 	dst.Bytes += v.Bytes
@@ -178,8 +186,4 @@ func add(dst *bpf.BalancerCounters, v bpf.BalancerCounters) {
 
 func counters(c bpf.BalancerCounters) Counters {
 	return Counters{Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows}
-}
-
-func sum(a, b Counters) Counters {
-	return Counters{Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes, NewFlows: a.NewFlows + b.NewFlows}
 }

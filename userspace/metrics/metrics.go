@@ -185,11 +185,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAffConflict, prometheus.CounterValue, float64(conflicts))
 	}
 	var traffic maps.Traffic
-	if m != nil {
+	counted := m != nil
+	if counted {
 		var err error
 		if traffic, err = m.ReadTraffic(); err != nil {
 			c.log.Warn("metrics: read traffic counters", "err", err)
-			m = nil
+			counted = false
 		}
 	}
 	for _, s := range status {
@@ -206,7 +207,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(descNodeState, prometheus.GaugeValue, v, s.Name, n.Node, fam, st.String())
 			}
 			ch <- prometheus.MustNewConstMetric(descNodeWeight, prometheus.GaugeValue, float64(n.Weight), s.Name, n.Node, fam)
-			if m == nil {
+			if !counted {
 				continue
 			}
 			bc := traffic.Backends[n.BackendID]
@@ -214,7 +215,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descNodeBytes, prometheus.CounterValue, float64(bc.Bytes), s.Name, n.Node, fam)
 			ch <- prometheus.MustNewConstMetric(descNodeFlows, prometheus.CounterValue, float64(bc.NewFlows), s.Name, n.Node, fam)
 		}
-		if m == nil {
+		if !counted {
 			continue
 		}
 		sc := traffic.Services[s.ID]
@@ -226,8 +227,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if m == nil {
 		return
 	}
-	for i, v := range traffic.Outcomes {
-		ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(v), maps.StatName(maps.Stat(i)))
+	if counted {
+		for i, v := range traffic.Outcomes {
+			ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(v), maps.StatName(maps.Stat(i)))
+		}
 	}
 	c.mu.Lock()
 	if time.Since(c.ctAt) > 10*time.Second {
