@@ -25,9 +25,9 @@ type xdpPath struct {
 	prog  func(*benchSet) *ebpf.Program
 }
 
-// benchSet holds the bench.c collections a path may need: the wrapper
-// with no undo step, with the encapsulation undone, and with a new flow
-// per run.
+// benchSet holds the bench.c collections a path may need: the balancer
+// alone (xdp_bench_plain, xdp_balancer's body), and the wrapper with the
+// encapsulation undone, with a new flow per run, or both.
 type benchSet struct {
 	plain, restore, newFlows, restoreNew, newFlowsSmall *dataplane.Bench
 }

@@ -214,6 +214,7 @@ const (
 	BenchMapVipFilter      = "vip_filter"
 	BenchProgXdpBaseline   = "xdp_baseline"
 	BenchProgXdpBench      = "xdp_bench"
+	BenchProgXdpBenchPlain = "xdp_bench_plain"
 	BenchVarBenchNewFlows  = "bench_new_flows"
 	BenchVarBenchRestore   = "bench_restore"
 	BenchVarHashSeed       = "hash_seed"
@@ -261,8 +262,9 @@ type BenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchProgramSpecs struct {
-	XdpBaseline *ebpf.ProgramSpec `ebpf:"xdp_baseline"`
-	XdpBench    *ebpf.ProgramSpec `ebpf:"xdp_bench"`
+	XdpBaseline   *ebpf.ProgramSpec `ebpf:"xdp_baseline"`
+	XdpBench      *ebpf.ProgramSpec `ebpf:"xdp_bench"`
+	XdpBenchPlain *ebpf.ProgramSpec `ebpf:"xdp_bench_plain"`
 }
 
 // BenchMapSpecs contains maps before they are loaded into the kernel.
@@ -386,14 +388,16 @@ type BenchVariables struct {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchPrograms struct {
-	XdpBaseline *ebpf.Program `ebpf:"xdp_baseline"`
-	XdpBench    *ebpf.Program `ebpf:"xdp_bench"`
+	XdpBaseline   *ebpf.Program `ebpf:"xdp_baseline"`
+	XdpBench      *ebpf.Program `ebpf:"xdp_bench"`
+	XdpBenchPlain *ebpf.Program `ebpf:"xdp_bench_plain"`
 }
 
 func (p *BenchPrograms) Close() error {
 	return _BenchClose(
 		p.XdpBaseline,
 		p.XdpBench,
+		p.XdpBenchPlain,
 	)
 }
 

@@ -53,13 +53,18 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *p, con
 	__be16 tpid = 0, tci = 0;
 	void *data, *end;
 	int inner_v4 = p->key.family == FAMILY_V4;
+	__u8 tos, df;
 
+	if (ip_tos_df(ctx, p, &tos, &df)) {
+		count(STAT_DROP_MALFORMED);
+		return XDP_DROP;
+	}
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		goto no_source;
 	outer = be->family == FAMILY_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	if (p->l3_len + outer > nh->mtu)
-		return too_big(ctx, p, nh->mtu - outer);
+		return too_big(ctx, p, nh->mtu - outer, df);
 
 	if (p->vlan) {
 		struct ethhdr *eth = pkt_data(ctx);
@@ -92,8 +97,8 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *p, con
 		 * forwarding (~12% of an ipip packet's time). Version 4, IHL 5,
 		 * id 0. RFC 2003: DF is copied from an IPv4 inner packet; IPv6
 		 * is never fragmented on the way. */
-		w[0] = 0x45 | (__u32)p->tos << 8 | (__u32)bpf_htons(p->l3_len + sizeof(*oh)) << 16;
-		w[1] = (!inner_v4 || p->df) ? (__u32)bpf_htons(IP_DF_) << 16 : 0;
+		w[0] = 0x45 | (__u32)tos << 8 | (__u32)bpf_htons(p->l3_len + sizeof(*oh)) << 16;
+		w[1] = (!inner_v4 || df) ? (__u32)bpf_htons(IP_DF_) << 16 : 0;
 		w[2] = OUTER_TTL | (__u32)(inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_) << 8;
 		w[3] = src;
 		__builtin_memcpy(&w[4], be->addr, 4);
@@ -118,7 +123,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *p, con
 		/* The first eight bytes as two words: version, traffic class
 		 * (the inner TOS) and flow label; payload length, next header
 		 * and hop limit (little-endian host). */
-		((__u32 *)oh)[0] = bpf_htonl(6 << 28 | (__u32)p->tos << 20 | label);
+		((__u32 *)oh)[0] = bpf_htonl(6 << 28 | (__u32)tos << 20 | label);
 		((__u32 *)oh)[1] = (__u32)bpf_htons(p->l3_len) | (__u32)(inner_v4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_) << 16 |
 				   (__u32)OUTER_TTL << 24;
 		__builtin_memcpy(&oh->saddr, cfg->src6, 16);

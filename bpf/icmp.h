@@ -159,12 +159,12 @@ headroom:
 
 /* too_big answers a client packet that exceeds `room`, the bytes left for
  * it inside the tunnel. */
-static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 room)
+static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 room, __u8 df)
 {
 	if (p->kind != PKT_TCP)
 		goto drop;
 	if (p->key.family == FAMILY_V4) {
-		if (!p->df || room < 68)
+		if (!df || room < 68)
 			goto drop;
 		return icmp4_too_big(ctx, p, room);
 	}

@@ -507,8 +507,15 @@ static __always_inline int fc_hit(const struct fc_entry *e, const struct packet 
 {
 	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)&p->key;
 
-	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
+	/* An IPv4 key's words 1 and 3 are zero (key_addr4), and an entry is a
+	 * copy of a key: an entry whose last word, the family's, matches an
+	 * IPv4 packet's has them zero too. */
+	if (p->key.family == FAMILY_V4) {
+		if ((a[0] ^ b[0]) | (a[2] ^ b[2]) | (a[4] ^ b[4]))
+			return 0;
+	} else if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) {
 		return 0;
+	}
 	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
 }
 
@@ -642,8 +649,15 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *p)
 
 static __always_inline int balance(struct xdp_md *ctx)
 {
-	struct packet p = {};
+	struct packet p;
 	int rc;
+
+	/* parse() writes the key and offsets of every packet it keeps; these
+	 * are the fields it writes only for some (zeroing all of p cost a
+	 * store per word on every packet). */
+	p.kind = 0;
+	p.vlan = 0;
+	p.tcp_flags = 0;
 
 	rc = parse(ctx, &p);
 	if (rc != CONTINUE)

@@ -73,9 +73,27 @@ struct packet {
 	__u8 kind;           /* PKT_* */
 	__u8 vlan;           /* one tag present */
 	__u8 tcp_flags;
-	__u8 tos;            /* IPv4 TOS / IPv6 traffic class */
-	__u8 df;             /* IPv4 DF bit */
 };
+
+/* ip_tos_df reads the (outer) IP header's TOS or traffic class, and for
+ * IPv4 its DF bit. Only an encapsulation or an ICMP error needs them, so
+ * parse() leaves them in the packet rather than copy them for every one.
+ * -1 if the header is not there (parse() found it, so never). */
+static __always_inline int ip_tos_df(struct xdp_md *ctx, const struct packet *p, __u8 *tos, __u8 *df)
+{
+	__u8 *h = (__u8 *)(long)ctx->data + (p->l3_off & 0x1f);
+
+	if ((void *)(h + 8) > (void *)(long)ctx->data_end)
+		return -1;
+	if (p->key.family == FAMILY_V4) {
+		*tos = h[1];
+		*df = !!(h[6] & (IP_DF_ >> 8));
+	} else {
+		*tos = (h[0] & 0x0f) << 4 | h[1] >> 4;
+		*df = 0;
+	}
+	return 0;
+}
 
 /* is_syn says whether the packet opens a TCP connection (SYN without ACK). */
 static __always_inline int is_syn(const struct packet *p)
@@ -265,8 +283,6 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p)
 
 	p->l4_off = p->l3_off + ihl;
 	p->l3_len = tot;
-	p->tos = iph->tos;
-	p->df = !!(iph->frag_off & bpf_htons(IP_DF_));
 
 	switch (iph->protocol) {
 	case IPPROTO_TCP:
@@ -313,7 +329,6 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p)
 
 	p->l4_off = p->l3_off + sizeof(*ip6);
 	p->l3_len = sizeof(*ip6) + plen;
-	p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 
 	switch (ip6->nexthdr) {
 	case IPPROTO_TCP:

@@ -221,8 +221,9 @@ type BenchOptions struct {
 	NewFlows bool
 }
 
-// Bench is a loaded bench.c: the baseline program and the balancer
-// wrapped for repeated BPF_PROG_RUN.
+// Bench is a loaded bench.c: the baseline program and the balancer, as
+// xdp_balancer runs it or, with Restore or NewFlows, wrapped in the steps
+// that let repeated BPF_PROG_RUN take its output again.
 type Bench struct {
 	Baseline *ebpf.Program
 	Balancer *ebpf.Program
@@ -255,6 +256,13 @@ func LoadBench(opts BenchOptions) (*Bench, error) {
 	if err := spec.Variables["hash_seed"].Get(&seed); err != nil {
 		return nil, fmt.Errorf("dataplane: read hash seed: %w", err)
 	}
+	// Only the balancer program these options run is loaded (each holds
+	// all of balance(): verifying one takes a while).
+	prog, unused := bpf.BenchProgXdpBench, bpf.BenchProgXdpBenchPlain
+	if !opts.Restore && !opts.NewFlows {
+		prog, unused = unused, prog
+	}
+	delete(spec.Programs, unused)
 	coll, err := ebpf.NewCollectionWithOptions(spec, *co)
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: load bench: %w", err)
@@ -266,7 +274,7 @@ func LoadBench(opts BenchOptions) (*Bench, error) {
 	}
 	return &Bench{
 		Baseline: coll.Programs[bpf.BenchProgXdpBaseline],
-		Balancer: coll.Programs[bpf.BenchProgXdpBench],
+		Balancer: coll.Programs[prog],
 		Maps:     m,
 		HashSeed: seed,
 		coll:     coll,

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -277,6 +278,58 @@ func TestFlowCache(t *testing.T) {
 				}
 				if got := c.slot(flowKey(client4, p, vip4)); got.Key != flowKey(client4, p, vip4) {
 					t.Fatalf("port %d: slot holds %+v, want the last flow sent", p, got)
+				}
+			}
+		}
+	})
+
+	t.Run("a copy serves only its whole key", func(t *testing.T) {
+		// A copy planted in a flow's slot for another node serves the
+		// flow when its key is the flow's, and never when the key differs
+		// in any one 64-bit word the program compares (an IPv4 key's
+		// words 1 and 3 are always zero: no IPv4 copy differs there).
+		plant := func(k maps.FlowKey, e bpf.BalancerFcEntry) {
+			t.Helper()
+			var all []bpf.BalancerFcEntry
+			slot := maps.FlowCacheSlot(k, b.HashSeed)
+			if err := b.Maps.FlowCache.Lookup(slot, &all); err != nil {
+				t.Fatal(err)
+			}
+			all[flowCacheCPU] = e
+			if err := b.Maps.FlowCache.Put(slot, all); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, client := range []netip.Addr{client4, client6} {
+			vip := []netip.Addr{vip4, vip6}[i]
+			words := [][]int{{0, 2, 4}, {0, 1, 2, 3, 4}}[i]
+			port := uint16(26000)
+			k := flowKey(client, port, vip)
+			n := open(client, port, vip)
+			other := nodeByID(n.id%3 + 1)
+			for _, w := range append([]int{-1}, words...) {
+				e := c.slot(k)
+				if e.Key != k {
+					t.Fatalf("%v word %d: slot holds %+v, want the flow's copy", client, w, e.Key)
+				}
+				e.Backend = other.id
+				copy(e.Dmac[:], other.mac)
+				kb := (*[40]byte)(unsafe.Pointer(&e.Key))
+				if w >= 0 {
+					kb[w*8] ^= 1 // the word's lowest byte as the program reads it
+				}
+				plant(k, e)
+				want := n
+				if w < 0 {
+					want = other // the control: the planted copy is used
+				}
+				if v, got := c.send(client, port, vip, packet.FlagACK); v != xdpTX || got.id != want.id {
+					t.Fatalf("%v, copy's key word %d changed: %s to %s, want %s", client, w, verdict(v), got.name, want.name)
+				}
+				if w < 0 {
+					// Back to the flow's own copy for the next word.
+					plant(k, bpf.BalancerFcEntry{})
+					c.send(client, port, vip, packet.FlagACK)
 				}
 			}
 		}
