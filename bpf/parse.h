@@ -75,26 +75,6 @@ struct packet {
 	__u8 tcp_flags;
 };
 
-/* ip_tos_df reads the (outer) IP header's TOS or traffic class, and for
- * IPv4 its DF bit. Only an encapsulation or an ICMP error needs them, so
- * parse() leaves them in the packet rather than copy them for every one.
- * -1 if the header is not there (parse() found it, so never). */
-static __always_inline int ip_tos_df(struct xdp_md *ctx, const struct packet *p, __u8 *tos, __u8 *df)
-{
-	__u8 *h = (__u8 *)(long)ctx->data + (p->l3_off & 0x1f);
-
-	if ((void *)(h + 8) > (void *)(long)ctx->data_end)
-		return -1;
-	if (p->key.family == FAMILY_V4) {
-		*tos = h[1];
-		*df = !!(h[6] & (IP_DF_ >> 8));
-	} else {
-		*tos = (h[0] & 0x0f) << 4 | h[1] >> 4;
-		*df = 0;
-	}
-	return 0;
-}
-
 /* is_syn says whether the packet opens a TCP connection (SYN without ACK). */
 static __always_inline int is_syn(const struct packet *p)
 {
@@ -109,6 +89,26 @@ static __always_inline void *pkt_data(struct xdp_md *ctx)
 static __always_inline void *pkt_end(struct xdp_md *ctx)
 {
 	return (void *)(long)ctx->data_end;
+}
+
+/* ip_tos_df reads the (outer) IP header's TOS or traffic class, and for
+ * IPv4 its DF bit. Only an encapsulation or an ICMP error needs them, so
+ * parse() leaves them in the packet rather than copy them for every one.
+ * -1 if the header is not there (parse() found it, so never). */
+static __always_inline int ip_tos_df(struct xdp_md *ctx, const struct packet *p, __u8 *tos, __u8 *df)
+{
+	__u8 *h = pkt_data(ctx) + (p->l3_off & 0x1f);
+
+	if ((void *)(h + 8) > pkt_end(ctx))
+		return -1;
+	if (p->key.family == FAMILY_V4) {
+		*tos = h[1];
+		*df = !!(h[6] & (IP_DF_ >> 8));
+	} else {
+		*tos = (h[0] & 0x0f) << 4 | h[1] >> 4;
+		*df = 0;
+	}
+	return 0;
 }
 
 /* put_macs writes a frame's destination and source MACs from the 12
