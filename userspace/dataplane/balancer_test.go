@@ -161,8 +161,9 @@ func TestIPIP(t *testing.T) {
 			s.IPv4Options = []byte{1, 1, 1, 0}
 			return s
 		}(), false},
-		{"4in4 VLAN", func() packet.TCPSpec { s := syn(client4, 50004, vip4, 993); s.VLAN = 7; return s }(), false},
-		{"6in6 VLAN", func() packet.TCPSpec { s := syn(client6, 50004, vip6, 993); s.VLAN = 7; return s }(), true},
+		// Tagged, with a TOS: the inner header is read behind the tag.
+		{"4in4 VLAN", func() packet.TCPSpec { s := syn(client4, 50004, vip4, 993); s.VLAN = 7; s.TOS = 0x68; return s }(), false},
+		{"6in6 VLAN", func() packet.TCPSpec { s := syn(client6, 50004, vip6, 993); s.VLAN = 7; s.TOS = 0x8a; return s }(), true},
 		{"4in4 no DF", func() packet.TCPSpec { s := syn(client4, 50005, vip4, 993); s.DF = false; s.TOS = 0xb8; return s }(), false},
 		// The traffic class and flow label share the outer IPv6 header's
 		// first word.
