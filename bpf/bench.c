@@ -90,8 +90,6 @@ static __always_inline void new_flow(struct xdp_md *ctx)
 	addr_lo[1] = *seq >> 16;
 }
 
-/* xdp_bench_plain is xdp_balancer: the paths that need neither step carry
- * no wrapper's cost. */
 SEC("xdp")
 int xdp_bench_plain(struct xdp_md *ctx)
 {

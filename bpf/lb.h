@@ -506,17 +506,14 @@ static __always_inline struct fc_entry *fc_slot(const struct packet *p)
 static __always_inline int fc_hit(const struct fc_entry *e, const struct packet *p, __u32 now)
 {
 	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)&p->key;
+	__u64 diff = (a[0] ^ b[0]) | (a[2] ^ b[2]) | (a[4] ^ b[4]);
 
 	/* An IPv4 key's words 1 and 3 are zero (key_addr4), and an entry is a
 	 * copy of a key: an entry whose last word, the family's, matches an
 	 * IPv4 packet's has them zero too. */
-	if (p->key.family == FAMILY_V4) {
-		if ((a[0] ^ b[0]) | (a[2] ^ b[2]) | (a[4] ^ b[4]))
-			return 0;
-	} else if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) {
-		return 0;
-	}
-	return now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
+	if (p->key.family != FAMILY_V4)
+		diff |= (a[1] ^ b[1]) | (a[3] ^ b[3]);
+	return !diff && now - e->stamp < FLOW_CACHE_TTL_JIFFIES;
 }
 
 /* fc_fill copies a conntrack entry that established() just forwarded
